@@ -1,0 +1,62 @@
+"""The `edge-sdk` command line.
+
+Each area registers its commands from its own module (`edge_sdk/cli/<area>.py`, a `register(app)`
+function). Those modules import only typer at module level and import the work inside each
+command, so `edge-sdk --help` is fast and works on a robot without paddleslim.
+"""
+
+from __future__ import annotations
+
+import sys
+import typer
+
+import edge_sdk
+from edge_sdk.errors import EdgeSdkError
+
+app = typer.Typer(
+    name="edge-sdk",
+    help="Take a YOLOv3 detector from a workstation to Jetson AGX Xavier robots.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo("edge-sdk {}".format(edge_sdk.__version__))
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Take a YOLOv3 detector from a workstation to Jetson AGX Xavier robots."""
+
+
+def _register_all() -> None:
+    from edge_sdk.cli import areas
+
+    for register in areas.REGISTRARS:
+        register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and a non-zero exit.
+
+    typer (standalone mode) already turns usage errors into a message and exit 2, and Ctrl-C
+    into "Aborted!" and exit 1; the SDK's own errors and OS errors are turned into one line here.
+    """
+    try:
+        app(prog_name="edge-sdk")
+    except EdgeSdkError as exc:
+        typer.echo("error: {}".format(exc), err=True)
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        typer.echo("error: {}".format(exc), err=True)
+        sys.exit(1)

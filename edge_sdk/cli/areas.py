@@ -1,0 +1,5 @@
+"""The command modules; each owns one area of the CLI and adds its commands in `register(app)`."""
+
+from edge_sdk.cli import bundle, compress, data, device, evaluate, export
+
+REGISTRARS = [data.register, compress.register, export.register, evaluate.register, bundle.register, device.register]
