@@ -83,10 +83,10 @@ class Detections:
         return int(self.boxes.shape[0])
 
     @classmethod
-    def empty(cls, frame_id: int = -1, timestamp: float = 0.0) -> "Detections":
+    def empty(cls, frame_id: int = -1, timestamp: float = 0.0) -> Detections:
         return cls(frame_id=frame_id, timestamp=timestamp)
 
-    def filter(self, min_score: float = 0.0, class_ids: Optional[np.ndarray] = None) -> "Detections":
+    def filter(self, min_score: float = 0.0, class_ids: Optional[np.ndarray] = None) -> Detections:
         """Keep detections with score >= min_score and (if given) a class id in class_ids."""
         keep = self.scores >= min_score
         if class_ids is not None:

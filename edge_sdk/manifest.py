@@ -84,11 +84,17 @@ class InputSpec:
     scale: bool = True
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str = "input") -> "InputSpec":
+    def from_dict(cls, d: Dict[str, Any], path: str = "input") -> InputSpec:
         size = _list(_get(d, "size", path), path + ".size", 2)
         size = tuple(_num(s, "{}.size[{}]".format(path, i), 1, integer=True) for i, s in enumerate(size))
-        mean = tuple(float(_num(m, "{}.mean[{}]".format(path, i))) for i, m in enumerate(_list(_get(d, "mean", path), path + ".mean", 3)))
-        std = tuple(float(_num(s, "{}.std[{}]".format(path, i), 1e-12)) for i, s in enumerate(_list(_get(d, "std", path), path + ".std", 3)))
+        mean = tuple(
+            float(_num(m, "{}.mean[{}]".format(path, i)))
+            for i, m in enumerate(_list(_get(d, "mean", path), path + ".mean", 3))
+        )
+        std = tuple(
+            float(_num(s, "{}.std[{}]".format(path, i), 1e-12))
+            for i, s in enumerate(_list(_get(d, "std", path), path + ".std", 3))
+        )
         scale = _get(d, "scale", path)
         if not isinstance(scale, bool):
             raise _fail(path + ".scale", "true or false", scale)
@@ -118,7 +124,7 @@ class Quantization:
     float_layers: Tuple[str, ...] = ()
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str = "quantization") -> "Quantization":
+    def from_dict(cls, d: Dict[str, Any], path: str = "quantization") -> Quantization:
         algo = _get(d, "algo", path, "")
         if not isinstance(algo, str):
             raise _fail(path + ".algo", "a string", algo)
@@ -140,7 +146,7 @@ class ShapeRange:
     max: Tuple[int, ...]
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str) -> "ShapeRange":
+    def from_dict(cls, d: Dict[str, Any], path: str) -> ShapeRange:
         out = {}
         for key in ("min", "opt", "max"):
             dims = _list(_get(d, key, path), "{}.{}".format(path, key))
@@ -162,14 +168,16 @@ class TensorRTHints:
     dynamic_shapes: Dict[str, ShapeRange] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str = "tensorrt") -> "TensorRTHints":
+    def from_dict(cls, d: Dict[str, Any], path: str = "tensorrt") -> TensorRTHints:
         shapes = _get(d, "dynamic_shapes", path, {})
         if not isinstance(shapes, dict):
             raise _fail(path + ".dynamic_shapes", "an object", shapes)
         return cls(
             min_subgraph_size=_num(_get(d, "min_subgraph_size", path), path + ".min_subgraph_size", 1, True),
             workspace_bytes=_num(_get(d, "workspace_bytes", path), path + ".workspace_bytes", 1, True),
-            dynamic_shapes={k: ShapeRange.from_dict(v, "{}.dynamic_shapes.{}".format(path, k)) for k, v in shapes.items()},
+            dynamic_shapes={
+                k: ShapeRange.from_dict(v, "{}.dynamic_shapes.{}".format(path, k)) for k, v in shapes.items()
+            },
         )
 
 
@@ -184,7 +192,7 @@ class Postprocess:
     score_threshold: float = 0.3
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str = "postprocess") -> "Postprocess":
+    def from_dict(cls, d: Dict[str, Any], path: str = "postprocess") -> Postprocess:
         return cls(
             conf_threshold=float(_num(_get(d, "conf_threshold", path), path + ".conf_threshold", 0)),
             nms_iou=float(_num(_get(d, "nms_iou", path), path + ".nms_iou", 0)),
@@ -212,7 +220,7 @@ class StageMetrics:
     latency_ms: Optional[float] = None
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str) -> "StageMetrics":
+    def from_dict(cls, d: Dict[str, Any], path: str) -> StageMetrics:
         kw = {"stage": _str(_get(d, "stage", path), path + ".stage")}
         for f in fields(cls):
             if f.name != "stage":
@@ -230,7 +238,7 @@ class TargetConstraints:
     min_runtime_version: str = "0.1.0"
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str = "target") -> "TargetConstraints":
+    def from_dict(cls, d: Dict[str, Any], path: str = "target") -> TargetConstraints:
         cc = _list(_get(d, "compute_capability", path), path + ".compute_capability")
         return cls(
             l4t_min=_str(_get(d, "l4t_min", path), path + ".l4t_min"),
@@ -250,7 +258,7 @@ class Provenance:
     calibration_sha256: str = ""
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str = "provenance") -> "Provenance":
+    def from_dict(cls, d: Dict[str, Any], path: str = "provenance") -> Provenance:
         kw = {}
         for f in fields(cls):
             v = _get(d, f.name, path, "")
@@ -269,7 +277,7 @@ class FileEntry:
     sha256: str
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any], path: str) -> "FileEntry":
+    def from_dict(cls, d: Dict[str, Any], path: str) -> FileEntry:
         digest = _str(_get(d, "sha256", path), path + ".sha256")
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise _fail(path + ".sha256", "64 lowercase hex digits", digest)
@@ -303,12 +311,14 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "Manifest":
+    def from_dict(cls, d: Dict[str, Any]) -> Manifest:
         if not isinstance(d, dict):
             raise _fail("<root>", "an object", d)
         schema = _get(d, "schema_version", "")
         if schema != SCHEMA_VERSION:
-            raise ManifestError("manifest schema_version {!r} is not supported (this SDK reads {})".format(schema, SCHEMA_VERSION))
+            raise ManifestError(
+                "manifest schema_version {!r} is not supported (this SDK reads {})".format(schema, SCHEMA_VERSION)
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -319,7 +329,9 @@ class Manifest:
         precision = _str(_get(d, "precision", ""), "precision", PRECISIONS)
         quant = Quantization.from_dict(_get(d, "quantization", "", {"method": "none"}))
         if (precision == "int8") != (quant.method != "none"):
-            raise ManifestError("manifest field quantization.method: {!r} does not match precision {!r}".format(quant.method, precision))
+            raise ManifestError(
+                "manifest field quantization.method: {!r} does not match precision {!r}".format(quant.method, precision)
+            )
         return cls(
             schema_version=schema,
             name=_str(_get(d, "name", ""), "name"),
@@ -334,10 +346,16 @@ class Manifest:
             quantization=quant,
             postprocess=Postprocess.from_dict(_get(d, "postprocess", "")),
             tensorrt=TensorRTHints.from_dict(_get(d, "tensorrt", "")),
-            metrics=tuple(StageMetrics.from_dict(m, "metrics[{}]".format(i)) for i, m in enumerate(_list(_get(d, "metrics", "", []), "metrics"))),
+            metrics=tuple(
+                StageMetrics.from_dict(m, "metrics[{}]".format(i))
+                for i, m in enumerate(_list(_get(d, "metrics", "", []), "metrics"))
+            ),
             target=TargetConstraints.from_dict(_get(d, "target", "")),
             provenance=Provenance.from_dict(_get(d, "provenance", "", {})),
-            files=tuple(FileEntry.from_dict(f, "files[{}]".format(i)) for i, f in enumerate(_list(_get(d, "files", "", []), "files"))),
+            files=tuple(
+                FileEntry.from_dict(f, "files[{}]".format(i))
+                for i, f in enumerate(_list(_get(d, "files", "", []), "files"))
+            ),
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -349,7 +367,7 @@ class Manifest:
         return (json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Manifest":
+    def from_bytes(cls, data: bytes) -> Manifest:
         try:
             d = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
@@ -367,4 +385,3 @@ class Manifest:
             if m.stage == name:
                 return m
         return None
-

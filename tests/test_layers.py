@@ -67,12 +67,16 @@ def test_cli_help_works_without_paddle_or_opencv():
     assert int(result.stdout.split()[-1]) >= 3
 
 
-ZLIB_AFTER_PADDLE = "import {first}\nimport paddle\nimport zlib\nassert zlib.decompress(zlib.compress(b'x' * 1000)) == b'x' * 1000\n"
+ZLIB_AFTER_PADDLE = (
+    "import {first}\nimport paddle\nimport zlib\nassert zlib.decompress(zlib.compress(b'x' * 1000)) == b'x' * 1000\n"
+)
 
 
 def test_zlib_trap_is_real_without_the_guard():
     """Without zlib imported ahead of paddle, decompress crashes: the guard below is needed."""
-    result = subprocess.run([sys.executable, "-c", ZLIB_AFTER_PADDLE.format(first="os")], capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", ZLIB_AFTER_PADDLE.format(first="os")], capture_output=True, timeout=120
+    )
     if result.returncode == 0:
         pytest.skip("this Paddle build no longer has the zlib symbol clash")
     assert result.returncode != 0
@@ -80,5 +84,7 @@ def test_zlib_trap_is_real_without_the_guard():
 
 @pytest.mark.parametrize("entry", ["edge_sdk", "device", "calibration", "compress", "edge_sdk.cli"])
 def test_every_entry_package_imports_zlib_before_paddle(entry):
-    result = subprocess.run([sys.executable, "-c", ZLIB_AFTER_PADDLE.format(first=entry)], capture_output=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", ZLIB_AFTER_PADDLE.format(first=entry)], capture_output=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]

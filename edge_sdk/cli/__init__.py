@@ -8,6 +8,7 @@ command, so `edge-sdk --help` is fast and works on a robot without paddleslim.
 from __future__ import annotations
 
 import sys
+
 import typer
 
 import edge_sdk
@@ -31,7 +32,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Take a YOLOv3 detector from a workstation to Jetson AGX Xavier robots."""
 
