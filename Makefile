@@ -27,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/vermin --target=3.8- --no-tips --violations edge_sdk device calibration
+	$(BIN)/hadolint jetson.Dockerfile
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache
