@@ -1,0 +1,79 @@
+"""The runtime's outputs: serial (to the robot controller), JSON lines, annotated recording, live preview.
+
+Every sink has `write(frame, detections, stats)` (returns at once: I/O happens on the sink's own
+thread behind a bounded, latest-only or drop-counting queue), `close()` (idempotent) and
+`status(state, message)` (vision degraded or recovered: "ok", "reconnecting", "stale", "ended").
+
+`stats` keys (any may be missing): fps, latency_ms_p50, latency_ms_p99, dropped_frames, frames,
+source_state ("ok" | "reconnecting" | "stale" | "ended"), temperatures ({name: deg C}), gpu_load
+(0-100 or None).
+
+cv2 and pyserial are imported inside the sinks that use them, not when this package is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Sequence
+
+try:
+    from typing import Protocol
+except ImportError:  # pragma: no cover  (Python < 3.8)
+    Protocol = object  # type: ignore
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    def write(self, frame, detections, stats: dict) -> None: ...
+
+    def status(self, state: str, message: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_sinks(
+    serial: Optional[str] = None,
+    baud: int = 115200,
+    serial_mode: str = "binary",
+    jsonl: Optional[str] = None,
+    record: Optional[str] = None,
+    preview: Optional[str] = None,
+    classes: Sequence[str] = (),
+) -> List[Sink]:
+    """Open the sinks asked for; on any failure close those already open and raise SinkError.
+
+    serial: device path or pyserial URL. jsonl: file path or "-" (stdout). record: video path
+    (.avi or .mp4, rotated by size). preview: "HOST:PORT" of the HTTP preview.
+    """
+    sinks: List[Sink] = []
+    try:
+        if serial:
+            from .serial_sink import SerialSink
+
+            sinks.append(SerialSink(serial, baud=baud, mode=serial_mode, classes=classes))
+        if jsonl:
+            from .jsonl import JsonlSink
+
+            sinks.append(JsonlSink(jsonl, classes=classes))
+        if record:
+            from .recorder import RecorderSink
+
+            sinks.append(RecorderSink(record, classes=classes))
+        if preview:
+            from .preview import PreviewSink
+
+            sinks.append(PreviewSink(preview, classes=classes))
+    except BaseException:
+        close_all(sinks)
+        raise
+    return sinks
+
+
+def close_all(sinks: Sequence[Sink]) -> None:
+    """Close every sink, even if one of them fails to close (the failure is logged)."""
+    for sink in sinks:
+        try:
+            sink.close()
+        except Exception as error:  # one broken sink must not keep the others open
+            log.warning("closing %s failed: %s", type(sink).__name__, error)

@@ -1,0 +1,138 @@
+"""One JSON object per line: every frame's detections and the pipeline's statistics.
+
+Frame lines:  {"event": "frame", "frame_id", "timestamp", "source_id", "width", "height",
+               "detections": [{"class_id", "class", "score", "box": [x1, y1, x2, y2]}], "stats": {...}}
+Status lines: {"event": "status", "timestamp", "state", "message"}
+
+Lines are written by a background thread through a bounded queue (a stalled reader of stdout or a
+slow disk never blocks the pipeline; lines that do not fit are dropped and counted), flushed one by one.
+A file is opened in append mode, so a restarted runtime keeps the earlier lines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import queue
+import sys
+import threading
+import time
+from typing import Sequence
+
+from edge_sdk.errors import SinkError
+
+_STOP = object()
+
+
+def detections_to_json(detections, classes: Sequence[str] = ()) -> list:
+    """[{class_id, class, score, box: [x1, y1, x2, y2]}] for a `Detections` (pixels, scores 0..1)."""
+    rows = []
+    for box, score, class_id in zip(
+        detections.boxes.tolist(), detections.scores.tolist(), detections.class_ids.tolist()
+    ):
+        rows.append(
+            {
+                "class_id": int(class_id),
+                "class": classes[class_id] if 0 <= class_id < len(classes) else str(class_id),
+                "score": round(float(score), 4),
+                "box": [round(float(v), 1) for v in box],
+            }
+        )
+    return rows
+
+
+def jsonable(value):
+    """`value` with numpy scalars/arrays turned into Python numbers and NaN/inf into None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+class JsonlSink:
+    """Writes JSON lines to `path` (a file, appended) or "-" (stdout)."""
+
+    def __init__(self, path: str, classes: Sequence[str] = (), max_queued_lines: int = 1024) -> None:
+        self.path = path
+        self.classes = tuple(classes)
+        self.dropped_lines = 0
+        self.written_lines = 0
+        if path == "-":
+            self._stream = sys.stdout
+            self._owns_stream = False
+        else:
+            try:
+                self._stream = open(path, "a", buffering=1, encoding="utf-8")
+            except OSError as error:
+                raise SinkError("cannot open JSON lines file {}: {}".format(path, error.strerror or error)) from None
+            self._owns_stream = True
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued_lines)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="jsonl-sink", daemon=True)
+        self._thread.start()
+
+    def write(self, frame, detections, stats: dict) -> None:
+        record = {
+            "event": "frame",
+            "frame_id": int(detections.frame_id),
+            "timestamp": float(detections.timestamp),
+            "source_id": frame.source_id,
+            "width": frame.width,
+            "height": frame.height,
+            "detections": detections_to_json(detections, self.classes),
+            "stats": jsonable(stats or {}),
+        }
+        self._put(record)
+
+    def status(self, state: str, message: str) -> None:
+        self._put({"event": "status", "timestamp": time.monotonic(), "state": str(state), "message": str(message)})
+
+    def _put(self, record: dict) -> None:
+        if self._closed:
+            return
+        line = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            with self._lock:
+                self.dropped_lines += 1
+
+    def _run(self) -> None:
+        while True:
+            line = self._queue.get()
+            if line is _STOP:
+                return
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except (OSError, ValueError):
+                with self._lock:
+                    self.dropped_lines += 1
+                continue
+            with self._lock:
+                self.written_lines += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (up to `timeout` seconds), then close the file (stdout stays open)."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        if self._owns_stream:
+            try:
+                self._stream.close()
+            except OSError:
+                pass

@@ -1,0 +1,176 @@
+"""Annotated video recording with size-based rotation.
+
+`RecorderSink("rec/run.avi", classes, max_bytes=..., keep=N)` writes rec/run-0001-20240501-120000.avi,
+then rec/run-0002-....avi once the first passes max_bytes, and so on, keeping the newest N files
+(indices continue after a restart, so nothing earlier is overwritten). ".avi" uses Motion-JPEG,
+".mp4" uses MPEG-4 part 2 ("mp4v"). Frames are annotated and encoded on a background thread behind a
+small bounded queue; frames that do not fit are dropped and counted, never waited for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from edge_sdk.errors import SinkError
+
+from .overlay import annotate
+
+log = logging.getLogger(__name__)
+
+CODECS = {".avi": "MJPG", ".mp4": "mp4v"}
+_STOP = object()
+
+
+class RecorderSink:
+    """Writes annotated frames to rotating video files next to `path` (its stem and suffix name them).
+
+    max_bytes: a file is closed and the next one started once its size on disk reaches this (OpenCV's
+    writer buffers a few hundred kB, so a file ends up to that much past max_bytes).
+    keep: how many files to keep (the oldest beyond that are deleted). fps: the files' nominal rate.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        classes: Sequence[str] = (),
+        max_bytes: int = 256 * 1024 * 1024,
+        keep: int = 10,
+        fps: float = 15.0,
+        max_queued_frames: int = 8,
+    ) -> None:
+        import cv2
+
+        target = Path(path)
+        suffix = target.suffix.lower()
+        if suffix not in CODECS:
+            raise SinkError("recording {}: use a .avi (Motion-JPEG) or .mp4 (mp4v) file name".format(path))
+        if keep < 1 or max_bytes < 1:
+            raise SinkError("recording {}: keep and max_bytes must be at least 1".format(path))
+        self.folder = target.parent
+        self.stem = target.stem
+        self.suffix = suffix
+        self.classes = tuple(classes)
+        self.max_bytes = int(max_bytes)
+        self.keep = int(keep)
+        self.fps = float(fps)
+        self.fourcc = cv2.VideoWriter_fourcc(*CODECS[suffix])
+        self.dropped_frames = 0
+        self.written_frames = 0
+        self.write_errors = 0
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SinkError("recording folder {} cannot be created: {}".format(self.folder, error.strerror)) from None
+        if not os.access(str(self.folder), os.W_OK):
+            raise SinkError("recording folder {} is not writable".format(self.folder))
+        self._check_codec()
+        self._pattern = re.compile(r"^{}-(\d+)-\d{{8}}-\d{{6}}{}$".format(re.escape(self.stem), re.escape(suffix)))
+        existing = self.files()
+        self._index = self._index_of(existing[-1]) if existing else 0
+        self._writer = None
+        self._writer_size = None
+        self.current_path: Optional[Path] = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queued_frames)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="recorder-sink", daemon=True)
+        self._thread.start()
+
+    def files(self) -> List[Path]:
+        """Recording files of this stem in the folder, oldest first."""
+        found = [p for p in self.folder.iterdir() if self._pattern.match(p.name)]
+        return sorted(found, key=self._index_of)
+
+    def write(self, frame, detections, stats: dict) -> None:
+        if self._closed:
+            return
+        try:
+            self._queue.put_nowait((frame.image, detections))
+        except queue.Full:
+            self.dropped_frames += 1
+
+    def status(self, state: str, message: str) -> None:
+        log.info("recorder: vision %s (%s)", state, message)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Encode what is queued (up to `timeout` seconds), then finish the current file."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=timeout)
+        self._release()
+
+    def _index_of(self, path: Path) -> int:
+        match = self._pattern.match(path.name)
+        return int(match.group(1)) if match else -1
+
+    def _check_codec(self) -> None:
+        import cv2
+
+        probe = self.folder / ".{}-probe{}".format(self.stem, self.suffix)
+        writer = cv2.VideoWriter(str(probe), self.fourcc, self.fps, (64, 64))
+        opened = writer.isOpened()
+        writer.release()
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+        if not opened:
+            raise SinkError(
+                "recording: OpenCV cannot write {} files here (codec {})".format(self.suffix, CODECS[self.suffix])
+            )
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            image, detections = item
+            try:
+                self._write_frame(annotate(image, detections, self.classes))
+            except Exception as error:  # a full disk must not kill the thread: count it and go on
+                self.write_errors += 1
+                log.warning("recorder: %s", error)
+                self._release()
+
+    def _write_frame(self, image) -> None:
+        size = (int(image.shape[1]), int(image.shape[0]))
+        if self._writer is not None and size != self._writer_size:
+            self._release()
+        if self._writer is None:
+            self._open_next(size)
+        self._writer.write(image)
+        self.written_frames += 1
+        if os.path.getsize(str(self.current_path)) >= self.max_bytes:
+            self._release()
+
+    def _open_next(self, size) -> None:
+        import cv2
+
+        self._index += 1
+        name = "{}-{:04d}-{}{}".format(self.stem, self._index, time.strftime("%Y%m%d-%H%M%S"), self.suffix)
+        path = self.folder / name
+        writer = cv2.VideoWriter(str(path), self.fourcc, self.fps, size)
+        if not writer.isOpened():
+            raise OSError("cannot open {} for writing".format(path))
+        self._writer, self._writer_size, self.current_path = writer, size, path
+        for old in self.files()[: -self.keep]:
+            try:
+                old.unlink()
+            except OSError as error:
+                log.warning("recorder: cannot delete %s: %s", old, error.strerror)
+
+    def _release(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.release()

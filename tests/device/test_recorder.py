@@ -1,0 +1,104 @@
+"""RecorderSink: annotated video files that rotate by size, stay readable, and are capped in number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from device.sinks.overlay import PALETTE, annotate
+from device.sinks.recorder import RecorderSink
+from edge_sdk.detections import Detections, Frame
+from edge_sdk.errors import SinkError
+
+cv2 = pytest.importorskip("cv2")
+
+CLASSES = ["missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper"]
+
+
+def _frames(count, size=(160, 120), seed=0):
+    rng = np.random.default_rng(seed)
+    width, height = size
+    for frame_id in range(count):
+        image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)  # noise: big JPEGs
+        dets = Detections(
+            np.array([[20, 30, 120, 100]]), np.array([0.8]), np.array([3]), frame_id=frame_id, timestamp=frame_id / 15
+        )
+        yield Frame(image, frame_id, frame_id / 15), dets
+
+
+def test_annotate_draws_boxes_and_labels_on_a_copy():
+    image = np.zeros((120, 160, 3), np.uint8)
+    dets = Detections(np.array([[20, 30, 120, 100]]), np.array([0.8]), np.array([3]))
+    out = annotate(image, dets, CLASSES)
+    assert image.max() == 0  # the input is untouched
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert tuple(out[65, 20]) == PALETTE[3]  # left edge of the box, in class 3's colour
+    assert tuple(out[65, 70]) == (0, 0, 0)  # inside the box stays as it was
+    label_area = out[10:30, 20:120]
+    assert (label_area >= 200).all(axis=2).any()  # white label text on the filled tag
+    assert annotate(image, Detections.empty(), CLASSES).max() == 0
+
+
+def test_files_rotate_by_size_stay_readable_and_are_capped(tmp_path):
+    target = tmp_path / "rec" / "run.avi"
+    sink = RecorderSink(str(target), classes=CLASSES, max_bytes=120_000, keep=3, fps=15, max_queued_frames=128)
+    for frame, dets in _frames(120):
+        sink.write(frame, dets, {})
+    sink.close()
+    sink.close()
+    assert sink.dropped_frames == 0 and sink.write_errors == 0 and sink.written_frames == 120
+
+    files = sink.files()
+    names = [p.name for p in files]
+    assert len(files) == 3, names
+    indices = [int(name.split("-")[1]) for name in names]
+    assert indices == sorted(indices) and indices[0] > 1  # older files were rotated out
+    frames_in_files = 0
+    for path in files:
+        capture = cv2.VideoCapture(str(path))
+        assert capture.isOpened(), path
+        count = 0
+        while True:
+            ok, image = capture.read()
+            if not ok:
+                break
+            assert image.shape == (120, 160, 3)
+            count += 1
+        capture.release()
+        assert count >= 1, path
+        frames_in_files += count
+    assert frames_in_files < 120  # the oldest frames are gone with the deleted files
+    for path in files[:-1]:
+        assert path.stat().st_size >= 120_000  # a file is closed only once it passed max_bytes
+
+    again = RecorderSink(str(target), classes=CLASSES, max_bytes=120_000, keep=3)  # a restart continues the numbering
+    for frame, dets in _frames(2, seed=1):
+        again.write(frame, dets, {})
+    again.close()
+    newest = again.files()[-1]
+    assert int(newest.name.split("-")[1]) == indices[-1] + 1
+    assert len(again.files()) == 3
+
+
+def test_a_recorded_frame_shows_the_annotation(tmp_path):
+    sink = RecorderSink(str(tmp_path / "one.avi"), classes=CLASSES, max_queued_frames=4)
+    image = np.full((120, 160, 3), 40, np.uint8)
+    dets = Detections(np.array([[20, 30, 120, 100]]), np.array([0.8]), np.array([3]))
+    sink.write(Frame(image, 0, 0.0), dets, {})
+    sink.close()
+    (path,) = sink.files()
+    ok, decoded = cv2.VideoCapture(str(path)).read()
+    assert ok
+    edge = np.abs(decoded[50:80, 19:22].astype(int) - np.array(PALETTE[3])).mean(axis=(0, 2)).min()
+    background = np.abs(np.array([40, 40, 40]) - np.array(PALETTE[3])).mean()
+    assert edge < background / 2  # the box edge survived JPEG (4:2:0 chroma blurs a 1-pixel line)
+    assert np.abs(decoded[60:70, 60:80].astype(int) - 40).mean() < 10
+
+
+def test_bad_names_and_folders_are_sink_errors(tmp_path):
+    with pytest.raises(SinkError, match=r"\.avi"):
+        RecorderSink(str(tmp_path / "run.gif"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SinkError, match="cannot be created"):
+        RecorderSink(str(blocker / "run.avi"))
