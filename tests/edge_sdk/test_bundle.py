@@ -1,0 +1,520 @@
+"""Bundle format v1: round trip, and one test per hostile archive (nothing written outside staging)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+from edge_sdk.bundle import (
+    FileEntry,
+    InputSpec,
+    Manifest,
+    StageMetrics,
+    default_bundle_name,
+    inspect_bundle,
+    open_bundle,
+    verify_bundle,
+    write_bundle,
+)
+from edge_sdk.errors import BundleError, IntegrityError, ManifestError, UnsafeArchiveError
+
+MODEL = b"\x0apaddle-program" * 64
+PARAMS = bytes(range(256)) * 40
+GOLDEN = b"\xff\xd8 not really a jpeg"
+
+
+def make_manifest(**changes) -> Manifest:
+    """A minimal valid manifest."""
+    base = Manifest(
+        name="pcb-defects",
+        version="1.2.0",
+        architecture="yolov3_mobilenet_v1",
+        classes=("missing_hole", "mouse_bite", "short"),
+        input=InputSpec(size=(96, 96)),
+    )
+    return replace(base, **changes)
+
+
+def model_files() -> Dict[str, bytes]:
+    return {"model/model.pdmodel": MODEL, "model/model.pdiparams": PARAMS, "calibration/golden/0.jpg": GOLDEN}
+
+
+def entry(name: str, data: bytes) -> FileEntry:
+    return FileEntry(name, len(data), hashlib.sha256(data).hexdigest())
+
+
+def regular(name: str, data: bytes) -> Tuple[tarfile.TarInfo, Optional[bytes]]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def special(name: str, kind: bytes, linkname: str = "") -> Tuple[tarfile.TarInfo, Optional[bytes]]:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 1, 3
+    return info, None
+
+
+def build_tar(path: Path, members: List[Tuple[tarfile.TarInfo, Optional[bytes]]]) -> Path:
+    """Write a tar by hand from (header, data) pairs, exactly as given."""
+    with tarfile.open(str(path), "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+    return path
+
+
+def hostile_bundle(
+    path: Path,
+    extra: List[Tuple[tarfile.TarInfo, Optional[bytes]]],
+    listed: Optional[List[FileEntry]] = None,
+    files: Optional[Dict[str, bytes]] = None,
+) -> Path:
+    """A bundle whose manifest lists `files` (+ `listed`), followed by those files and `extra` members."""
+    files = model_files() if files is None else files
+    entries = [entry(n, d) for n, d in sorted(files.items())] + list(listed or [])
+    manifest = make_manifest(files=tuple(entries))
+    members = [regular("manifest.json", manifest.canonical_bytes())]
+    members += [regular(n, d) for n, d in sorted(files.items())]
+    return build_tar(path, members + extra)
+
+
+def snapshot(root: Path) -> Dict[str, Optional[bytes]]:
+    """Every path under root: regular files map to their bytes, anything else to None (never followed)."""
+    out = {}  # type: Dict[str, Optional[bytes]]
+    for folder, dirs, names in os.walk(str(root)):
+        for name in dirs + names:
+            p = Path(folder) / name
+            rel = str(p.relative_to(root))
+            out[rel] = p.read_bytes() if p.is_file() and not p.is_symlink() else None
+    return out
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """tmp_path laid out as in/ (bundles), staging/ (staging parent), work/deep/ (cwd), tmp/ (TMPDIR)."""
+    for sub in ("in", "staging", "work/deep", "tmp"):
+        (tmp_path / sub).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work" / "deep")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    return tmp_path
+
+
+def assert_refused(sandbox: Path, bundle: Path, error: type, match: Optional[str] = None, **limits) -> None:
+    """open_bundle raises `error` and writes nothing anywhere under the sandbox; so does verify_bundle."""
+    before = snapshot(sandbox)
+    with pytest.raises(error, match=match) as info:
+        open_bundle(bundle, staging_dir=sandbox / "staging", **limits)
+    assert "\n" not in str(info.value)
+    assert snapshot(sandbox) == before
+    assert list((sandbox / "staging").iterdir()) == []
+    if not limits:
+        with pytest.raises(error, match=match):
+            verify_bundle(bundle)
+        assert snapshot(sandbox) == before
+
+
+# ----------------------------------------------------------------------------- round trip
+
+
+def test_round_trip_write_open_compare(sandbox):
+    manifest = make_manifest(metrics=(StageMetrics("train", map50=0.61, map=0.33, flops=1.2e9),))
+    out = write_bundle(sandbox / "in" / "b.edgebundle", manifest, model_files())
+    assert out == sandbox / "in" / "b.edgebundle"
+    with tarfile.open(str(out)) as tar:
+        names = tar.getnames()
+        stored_manifest = tar.extractfile("manifest.json").read()
+    assert names[0] == "manifest.json" and sorted(names[1:]) == sorted(model_files())
+
+    with open_bundle(out, staging_dir=sandbox / "staging") as bundle:
+        assert stored_manifest == bundle.manifest.canonical_bytes()
+        assert bundle.manifest.classes == manifest.classes
+        assert bundle.manifest.metrics == manifest.metrics
+        assert bundle.manifest.input.size == (96, 96)
+        assert bundle.manifest.created_at.endswith("Z") and bundle.manifest.sdk_version
+        assert {f.path: (f.size, f.sha256) for f in bundle.manifest.files} == {
+            n: (len(d), hashlib.sha256(d).hexdigest()) for n, d in model_files().items()
+        }
+        for name, data in model_files().items():
+            assert bundle.path_of(name).read_bytes() == data
+            assert bundle.root in bundle.path_of(name).parents
+        assert bundle.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+        assert not bundle.signed and bundle.signer_key_id is None
+        with pytest.raises(BundleError, match="nope"):
+            bundle.path_of("model/nope")
+        root = bundle.root
+        assert root.parent == sandbox / "staging"
+    assert not root.exists()
+    assert verify_bundle(out) == bundle.manifest
+
+
+def test_write_keeps_given_metadata_and_sources_from_paths(sandbox):
+    src = sandbox / "work" / "model.pdiparams"
+    src.write_bytes(PARAMS)
+    manifest = make_manifest(created_at="2024-01-02T03:04:05Z", sdk_version="9.9", paddle_version="2.6.2")
+    out = write_bundle(sandbox / "in", manifest, {"model/model.pdiparams": src, "model/model.pdmodel": MODEL})
+    assert out.name == default_bundle_name(manifest) == "pcb-defects-1.2.0.edgebundle"
+    got = verify_bundle(out)
+    assert (got.created_at, got.sdk_version, got.paddle_version) == ("2024-01-02T03:04:05Z", "9.9", "2.6.2")
+    assert got.file("model/model.pdiparams").sha256 == hashlib.sha256(PARAMS).hexdigest()
+    assert [p.name for p in (sandbox / "in").iterdir()] == [out.name]
+
+
+def test_default_bundle_name_is_a_plain_file_name():
+    assert default_bundle_name(make_manifest(name="../ev il", version="1/2")) == "_ev_il-1_2.edgebundle"
+
+
+def test_default_staging_folder_is_removed_on_close(sandbox):
+    out = write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), model_files())
+    bundle = open_bundle(out)
+    assert bundle.root.parent == sandbox / "tmp"
+    bundle.close()
+    assert list((sandbox / "tmp").iterdir()) == []
+
+
+def test_verify_and_inspect_write_nothing(sandbox):
+    out = write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), model_files())
+    before = snapshot(sandbox)
+    info = inspect_bundle(out)
+    assert snapshot(sandbox) == before
+    assert info["manifest"]["name"] == "pcb-defects"
+    assert info["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert info["size"] == out.stat().st_size
+    assert info["signed"] is False and info["signer_key_id"] is None
+    assert json.loads(json.dumps(info)) == info
+
+
+def test_write_does_not_import_paddle_and_records_its_version(tmp_path):
+    code = (
+        "import sys\n"
+        "from edge_sdk.bundle import write_bundle, verify_bundle, Manifest, InputSpec\n"
+        "m = Manifest(name='n', version='1', architecture='yolov3_mobilenet_v1', classes=('a',), input=InputSpec(size=(96, 96)))\n"
+        "p = write_bundle(sys.argv[1], m, {'model/model.pdmodel': b'x'})\n"
+        "assert 'paddle' not in sys.modules, 'paddle was imported'\n"
+        "print(verify_bundle(p).paddle_version)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from importlib import metadata
+
+    try:
+        expected = metadata.version("paddlepaddle")
+    except metadata.PackageNotFoundError:
+        expected = ""
+    assert result.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../evil", "/abs/evil", "model/../../evil", "a\\b", "C:/evil", "manifest.json", "manifest.sig", "", "a//b", "./a"],
+)
+def test_write_refuses_unsafe_archive_names(sandbox, name):
+    files = dict(model_files())
+    files[name] = b"x"
+    with pytest.raises(BundleError):
+        write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), files)
+    assert snapshot(sandbox / "in") == {}
+
+
+def test_write_refuses_names_that_collide(sandbox):
+    with pytest.raises(BundleError, match="twice"):
+        write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), {"model/A.bin": b"1", "model/a.bin": b"2"})
+    with pytest.raises(BundleError, match="file and a folder"):
+        write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), {"model": b"1", "model/a.bin": b"2"})
+    assert snapshot(sandbox / "in") == {}
+
+
+def test_write_refuses_missing_source(sandbox):
+    with pytest.raises(BundleError, match="does not exist"):
+        write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), {"model/model.pdmodel": sandbox / "none"})
+    assert snapshot(sandbox / "in") == {}
+
+
+class _Interrupted(BaseException):
+    """Stands for Ctrl-C without risking a real KeyboardInterrupt reaching pytest."""
+
+
+def test_interrupted_write_leaves_no_file(sandbox):
+    big = sandbox / "work" / "big.pdiparams"
+    with open(str(big), "wb") as f:
+        f.truncate(200 << 20)  # sparse, but hashing, copying and re-verifying it take a while
+    out_dir = sandbox / "in"
+    seen_temp = []
+
+    def interrupt_once_the_temp_file_exists(signum, frame):
+        temps = [p.name for p in out_dir.iterdir()]
+        if temps:
+            seen_temp.extend(temps)
+            raise _Interrupted()
+        signal.setitimer(signal.ITIMER_REAL, 0.002)
+
+    previous = signal.signal(signal.SIGALRM, interrupt_once_the_temp_file_exists)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.002)
+        with pytest.raises(_Interrupted):
+            write_bundle(
+                out_dir / "b.edgebundle", make_manifest(), {"model/model.pdiparams": big, "model/model.pdmodel": MODEL}
+            )
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert seen_temp and seen_temp[0].endswith(".tmp")  # interrupted mid-write, not before it started
+    assert list(out_dir.iterdir()) == []
+
+
+def test_existing_bundle_survives_interrupted_overwrite(sandbox):
+    out = write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), model_files())
+    original = out.read_bytes()
+    with pytest.raises(BundleError):
+        write_bundle(out, make_manifest(), {"model/model.pdmodel": sandbox / "missing"})
+    assert out.read_bytes() == original
+    assert [p.name for p in (sandbox / "in").iterdir()] == ["b.edgebundle"]
+
+
+# ----------------------------------------------------------------------------- hostile archives
+
+
+def test_hand_built_valid_bundle_opens(sandbox):
+    """The hostile-bundle builder itself makes openable bundles, so each refusal below is the attack's."""
+    path = hostile_bundle(sandbox / "in" / "ok.edgebundle", [])
+    with open_bundle(path, staging_dir=sandbox / "staging") as bundle:
+        assert bundle.path_of("model/model.pdiparams").read_bytes() == PARAMS
+
+
+def test_folder_entries_for_listed_files_are_allowed(sandbox):
+    path = hostile_bundle(sandbox / "in" / "ok.edgebundle", [special("model", tarfile.DIRTYPE)])
+    with open_bundle(path, staging_dir=sandbox / "staging") as bundle:
+        assert bundle.path_of("model/model.pdmodel").read_bytes() == MODEL
+
+
+def test_refuses_absolute_path(sandbox):
+    target = str(sandbox / "evil.txt")
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular(target, b"pwned")], [entry(target, b"pwned")])
+    with tarfile.open(str(path)) as tar:
+        assert target in tar.getnames()
+    assert_refused(sandbox, path, UnsafeArchiveError, "absolute path")
+    assert not (sandbox / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["../../../evil.txt", "model/../../../../evil.txt", ".."])
+def test_refuses_dot_dot(sandbox, name):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular(name, b"pwned")])
+    assert_refused(sandbox, path, UnsafeArchiveError, r"'\.\.' path component")
+
+
+@pytest.mark.parametrize("name", ["..\\..\\evil.txt", "model\\evil.txt", "C:/evil.txt", "C:evil.txt", "a/./b", "a//b"])
+def test_refuses_backslash_drive_letter_and_odd_components(sandbox, name):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular(name, b"pwned")])
+    assert_refused(sandbox, path, UnsafeArchiveError, "bundle member")
+
+
+def test_refuses_control_characters_in_names(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("model/evil\x1b[2J.txt", b"x")])
+    assert_refused(sandbox, path, UnsafeArchiveError, "control")
+
+
+def test_refuses_symlink(sandbox):
+    link = special("model/link", tarfile.SYMTYPE, linkname=str(sandbox))
+    through = regular("model/link/evil.txt", b"pwned")
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [link, through], [entry("model/link", b"")])
+    assert_refused(sandbox, path, UnsafeArchiveError, "'model/link' is a symbolic link")
+
+
+def test_refuses_hardlink(sandbox):
+    link = special("model/passwd", tarfile.LNKTYPE, linkname="/etc/passwd")
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [link], [entry("model/passwd", b"")])
+    assert_refused(sandbox, path, UnsafeArchiveError, "hard link")
+
+
+@pytest.mark.parametrize(
+    "kind, word", [(tarfile.CHRTYPE, "device"), (tarfile.BLKTYPE, "device"), (tarfile.FIFOTYPE, "FIFO")]
+)
+def test_refuses_device_and_fifo(sandbox, kind, word):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [special("model/dev", kind)], [entry("model/dev", b"")])
+    assert_refused(sandbox, path, UnsafeArchiveError, word)
+
+
+def test_refuses_duplicate_member(sandbox):
+    evil = b"y" * len(MODEL)
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("model/model.pdmodel", evil)])
+    assert_refused(sandbox, path, UnsafeArchiveError, "appears twice")
+
+
+def test_refuses_member_names_differing_only_in_case(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("MODEL/model.pdmodel", MODEL)])
+    assert_refused(sandbox, path, UnsafeArchiveError, "appears twice")
+
+
+def test_refuses_oversized_member(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [])
+    assert_refused(
+        sandbox, path, UnsafeArchiveError, "model.pdiparams.*over the limit", max_member_bytes=len(PARAMS) - 1
+    )
+
+
+def test_refuses_total_size_over_limit(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [])
+    total = sum(len(d) for d in model_files().values())
+    assert_refused(sandbox, path, UnsafeArchiveError, "add up to more than", max_total_bytes=total)
+
+
+def test_refuses_file_far_larger_than_the_limits_before_reading_it(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [])
+    with open(str(path), "ab") as f:
+        f.truncate(path.stat().st_size + (64 << 20))  # e.g. a huge PAX record tarfile would load into memory
+    assert_refused(
+        sandbox, path, UnsafeArchiveError, "b.edgebundle is .* bytes, over the limit", max_total_bytes=1 << 20
+    )
+
+
+def test_refuses_too_many_members(sandbox):
+    files = {"calibration/golden/{}.jpg".format(i): b"x" for i in range(20)}
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [], files=files)
+    assert_refused(sandbox, path, UnsafeArchiveError, "more than 10 members", max_members=10)
+
+
+def test_refuses_unlisted_extra_file(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("model/extra.pkl", b"\x80\x04.")])
+    assert_refused(sandbox, path, IntegrityError, "'model/extra.pkl' is not listed")
+
+
+def test_refuses_unlisted_folder(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [special("other", tarfile.DIRTYPE)])
+    assert_refused(sandbox, path, IntegrityError, "'other' is not listed")
+
+
+def test_refuses_missing_listed_file(sandbox):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [], [entry("calibration/table.txt", b"scales")])
+    assert_refused(sandbox, path, IntegrityError, "'calibration/table.txt' listed in the manifest is missing")
+
+
+def test_refuses_sha256_mismatch_with_same_size(sandbox):
+    files = model_files()
+    entries = [entry(n, d) for n, d in sorted(files.items())]
+    flipped = bytearray(PARAMS)
+    flipped[len(flipped) // 2] ^= 0x01
+    files["model/model.pdiparams"] = bytes(flipped)
+    manifest = make_manifest(files=tuple(entries))
+    # the tampered file comes last, so the good ones were already written to staging
+    order = ["calibration/golden/0.jpg", "model/model.pdmodel", "model/model.pdiparams"]
+    members = [regular("manifest.json", manifest.canonical_bytes())] + [regular(n, files[n]) for n in order]
+    path = build_tar(sandbox / "in" / "b.edgebundle", members)
+    assert_refused(sandbox, path, IntegrityError, "'model/model.pdiparams' does not match its sha256")
+
+
+def test_refuses_size_mismatch(sandbox):
+    listed = [entry(n, d) for n, d in sorted(model_files().items())]
+    listed[0] = FileEntry(listed[0].path, listed[0].size + 1, listed[0].sha256)
+    members = [regular("manifest.json", make_manifest(files=tuple(listed)).canonical_bytes())]
+    members += [regular(n, d) for n, d in sorted(model_files().items())]
+    path = build_tar(sandbox / "in" / "b.edgebundle", members)
+    assert_refused(sandbox, path, IntegrityError, "bytes, the manifest says")
+
+
+def _good_bundle_bytes(sandbox: Path) -> bytes:
+    path = write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files())
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def test_refuses_archive_truncated_inside_a_member(sandbox):
+    data = _good_bundle_bytes(sandbox)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        last = tar.getmembers()[-1]
+    cut = sandbox / "in" / "cut.edgebundle"
+    cut.write_bytes(data[: last.offset_data + last.size // 2])
+    assert_refused(sandbox, cut, IntegrityError, "truncated")
+
+
+def test_refuses_archive_truncated_between_members(sandbox):
+    data = _good_bundle_bytes(sandbox)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        last = tar.getmembers()[-1]
+    cut = sandbox / "in" / "cut.edgebundle"
+    cut.write_bytes(data[: last.offset])
+    assert_refused(sandbox, cut, IntegrityError, "end-of-archive marker is missing")
+
+
+def test_refuses_archive_without_its_last_member(sandbox):
+    data = _good_bundle_bytes(sandbox)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        last = tar.getmembers()[-1]
+    cut = sandbox / "in" / "cut.edgebundle"
+    cut.write_bytes(data[: last.offset] + bytes(2 * tarfile.BLOCKSIZE))
+    assert_refused(sandbox, cut, IntegrityError, "missing from the bundle")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 100, os.urandom(5000), b"PK\x03\x04 a zip file"])
+def test_refuses_what_is_not_a_tar(sandbox, content):
+    path = sandbox / "in" / "junk.edgebundle"
+    path.write_bytes(content)
+    assert_refused(sandbox, path, IntegrityError)
+
+
+def test_refuses_paths_that_are_not_bundle_files(sandbox):
+    fifo = sandbox / "in" / "pipe.edgebundle"
+    os.mkfifo(str(fifo))
+    for path, match in [
+        (fifo, "not a regular file"),
+        (sandbox / "in", "not a regular file"),
+        (sandbox / "none", "does not exist"),
+    ]:
+        assert_refused(sandbox, path, BundleError, match)
+
+
+def test_refuses_missing_manifest(sandbox):
+    path = build_tar(sandbox / "in" / "b.edgebundle", [regular("model/model.pdmodel", MODEL)])
+    assert_refused(sandbox, path, IntegrityError, "has no manifest.json")
+
+
+def _bundle_with_manifest_bytes(sandbox: Path, manifest_bytes: bytes) -> Path:
+    return build_tar(sandbox / "in" / "b.edgebundle", [regular("manifest.json", manifest_bytes)])
+
+
+def test_refuses_manifest_that_is_not_json(sandbox):
+    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, b"{not json"), ManifestError, "not valid JSON")
+
+
+def test_refuses_unknown_schema_version(sandbox):
+    d = make_manifest().to_dict()
+    d["schema_version"] = 2
+    assert_refused(
+        sandbox, _bundle_with_manifest_bytes(sandbox, json.dumps(d).encode()), ManifestError, "schema_version"
+    )
+
+
+def test_refuses_manifest_with_unknown_field(sandbox):
+    d = make_manifest().to_dict()
+    d["run_this"] = "os.system"
+    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, json.dumps(d).encode()), ManifestError, "run_this")
+
+
+def test_refuses_manifest_with_repeated_key(sandbox):
+    text = make_manifest().canonical_bytes().decode()
+    text = text.replace('"name": "pcb-defects"', '"name": "pcb-defects", "name": "other"')
+    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, text.encode()), ManifestError, "repeats")
+
+
+def test_refuses_manifest_listing_unsafe_path(sandbox):
+    manifest = make_manifest(files=(entry("../evil", b"x"),))
+    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, manifest.canonical_bytes()), ManifestError, "evil")
+
+
+def test_refuses_oversized_manifest(sandbox):
+    path = build_tar(sandbox / "in" / "b.edgebundle", [regular("manifest.json", b" " * ((16 << 20) + 1))])
+    assert_refused(sandbox, path, UnsafeArchiveError, "manifest.json")

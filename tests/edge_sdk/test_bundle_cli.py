@@ -1,0 +1,120 @@
+"""`edge-sdk bundle inspect|verify|sign` and `edge-sdk keygen`, run as a user would (subprocess)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from edge_sdk.bundle import InputSpec, Manifest, StageMetrics, write_bundle
+
+FILES = {"model/model.pdmodel": b"program" * 50, "model/model.pdiparams": b"\x01\x02\x03" * 500}
+
+
+def edge_sdk(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = shutil.which("edge-sdk") or str(Path(sys.executable).parent / "edge-sdk")
+    command = [exe] if Path(exe).exists() else [sys.executable, "-m", "edge_sdk"]
+    return subprocess.run(command + list(args), cwd=str(cwd), capture_output=True, text=True, timeout=120)
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, contains: str) -> None:
+    assert result.returncode != 0
+    lines: List[str] = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert contains in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    manifest = Manifest(
+        name="pcb",
+        version="0.3.0",
+        architecture="yolov3_mobilenet_v1",
+        classes=("missing_hole", "short"),
+        input=InputSpec(size=(96, 96)),
+        metrics=(
+            StageMetrics("train", map50=0.612, map=0.301, flops=2.5e9, params=3.1e6, bytes=12e6, latency_ms=41.0),
+        ),
+    )
+    return write_bundle(tmp_path / "pcb-0.3.0.edgebundle", manifest, FILES)
+
+
+def test_verify_ok(tmp_path, bundle):
+    result = edge_sdk("bundle", "verify", str(bundle), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["OK", "pcb", "0.3.0", hashlib.sha256(bundle.read_bytes()).hexdigest(), "unsigned"]
+
+
+def test_verify_corrupt_bundle_prints_one_error_line(tmp_path, bundle):
+    with tarfile.open(str(bundle)) as tar:
+        offset = tar.getmember("model/model.pdiparams").offset_data
+    data = bytearray(bundle.read_bytes())
+    data[offset + 100] ^= 0xFF
+    corrupt = tmp_path / "corrupt.edgebundle"
+    corrupt.write_bytes(bytes(data))
+    assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "sha256")
+
+
+def test_verify_truncated_and_missing_bundles(tmp_path, bundle):
+    truncated = tmp_path / "truncated.edgebundle"
+    truncated.write_bytes(bundle.read_bytes()[:3000])
+    assert_one_error_line(edge_sdk("bundle", "verify", str(truncated), cwd=tmp_path), "truncated")
+    assert_one_error_line(edge_sdk("bundle", "verify", "nope.edgebundle", cwd=tmp_path), "does not exist")
+
+
+def test_keygen_sign_verify(tmp_path, bundle):
+    result = edge_sdk("keygen", "--out-dir", "keys", "--name", "factory", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    private, public = tmp_path / "keys" / "factory.key", tmp_path / "keys" / "factory.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and public.exists()
+    before = private.read_bytes()
+    assert_one_error_line(edge_sdk("keygen", "--out-dir", "keys", "--name", "factory", cwd=tmp_path), "already exists")
+    assert private.read_bytes() == before
+
+    assert_one_error_line(
+        edge_sdk("bundle", "verify", str(bundle), "--trusted-key", str(public), cwd=tmp_path), "not signed"
+    )
+
+    result = edge_sdk("bundle", "sign", str(bundle), "--key", str(private), "--out", "signed.edgebundle", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    signed = tmp_path / "signed.edgebundle"
+    result = edge_sdk("bundle", "verify", str(signed), "--trusted-key", str(tmp_path / "keys"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK pcb 0.3.0 ") and "signed-by" in result.stdout
+
+    edge_sdk("keygen", "--out-dir", "other", cwd=tmp_path)
+    result = edge_sdk("bundle", "verify", str(signed), "-k", str(tmp_path / "other" / "edge-sdk.pub"), cwd=tmp_path)
+    assert_one_error_line(result, "not trusted")
+
+
+def test_inspect_json_and_table(tmp_path, bundle):
+    result = edge_sdk("bundle", "inspect", str(bundle), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["manifest"]["classes"] == ["missing_hole", "short"]
+    assert {f["path"] for f in info["manifest"]["files"]} == set(FILES)
+    assert info["signed"] is False
+
+    result = edge_sdk("bundle", "inspect", str(bundle), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for text in (
+        "pcb",
+        "yolov3_mobilenet_v1",
+        "missing_hole",
+        "96x96",
+        "fp32",
+        "train",
+        "0.6120",
+        "model/model.pdiparams",
+        "unsigned",
+    ):
+        assert text in result.stdout, text
