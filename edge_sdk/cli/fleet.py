@@ -1,0 +1,246 @@
+"""CLI commands: `edge-sdk install | rollback | list` on a robot, and `edge-sdk flash` to many robots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+_DEFAULT_ROOT = "/var/lib/edge-sdk"
+_ROOT_HELP = "The robot's bundle store (versions, active pointer, history, keys/, robot.json)."
+
+
+def install_command(
+    file: Path = typer.Argument(..., help="Bundle file (NAME-VERSION.edgebundle) to install.", show_default=False),
+    root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
+    trusted_keys: Optional[Path] = typer.Option(
+        None,
+        "--trusted-keys",
+        help="Public key file or folder (*.pem, *.pub): the bundle must be signed by one of them "
+        "(default: ROOT/keys, where signatures are required only once it holds a key).",
+    ),
+    allow_downgrade: bool = typer.Option(
+        False, "--allow-downgrade", help="Install a version older than (or a different build of) the active one."
+    ),
+    min_fps: float = typer.Option(0.0, "--min-fps", help="Health check: minimum frames per second (0: measure only)."),
+    fps_frames: int = typer.Option(10, "--fps-frames", help="Health check: frames timed for the FPS figure."),
+    skip_health: bool = typer.Option(
+        False, "--skip-health", help="Commit without loading the model (not for robots in service)."
+    ),
+    keep: int = typer.Option(3, "--keep", help="Old versions kept besides the active one (the oldest are pruned)."),
+    device: str = typer.Option("auto", "--device", help="Health check predictor device: auto, cpu or gpu."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for `edge-sdk flash`)."),
+) -> None:
+    """Verify a bundle, switch to it, health-check it and commit; restore the previous version on failure."""
+    from rich.console import Console
+
+    from device.install import HealthSettings, install_bundle
+
+    console = Console(stderr=True)
+    with console.status("installing {}".format(file.name)) as status:
+        result = install_bundle(
+            file,
+            root,
+            trusted_keys,
+            allow_downgrade,
+            skip_health,
+            HealthSettings(min_fps=min_fps, fps_frames=fps_frames, device=device),
+            keep,
+            log=lambda message: status.update(message),
+        )
+    for action in result.recovered:
+        console.print("[yellow]recovered:[/] " + action)
+    if result.health is not None:
+        for warning in result.health.warnings:
+            console.print("[yellow]warning:[/] " + warning)
+    if as_json:
+        doc = {
+            "outcome": result.outcome,
+            "name": result.name,
+            "version": result.version,
+            "sha256": result.sha256,
+            "dir": result.dirname,
+            "summary": result.summary(),
+            "health": None if result.health is None else result.health.to_dict(),
+            "pruned": result.pruned,
+        }
+        typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    typer.echo(result.summary())
+    for dirname in result.pruned:
+        typer.echo("pruned " + dirname)
+
+
+def rollback_command(root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP)) -> None:
+    """Make the previous good version active again (the current one is kept, marked rolled-back)."""
+    from device.install import rollback
+
+    active, previous = rollback(root)
+    typer.echo("active: {}; previous: {}".format(active, previous or "none"))
+
+
+def list_command(
+    root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the versions as a JSON list."),
+) -> None:
+    """Show installed versions: active/previous markers, install time, signer, health result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from device.install import list_versions
+
+    rows = list_versions(root)
+    if as_json:
+        typer.echo(json.dumps(rows, sort_keys=True))
+        return
+    if not rows:
+        typer.echo("no versions installed in {}".format(root))
+        return
+    table = Table(title="bundles in {}".format(root), title_justify="left")
+    for column in ("", "name", "version", "sha256", "installed", "signed by", "status", "health"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        marker = "active" if row["active"] else ("previous" if row["previous"] else "")
+        health = row["health"] + ("" if row["fps"] is None else " ({:.1f} FPS)".format(row["fps"]))
+        table.add_row(
+            marker,
+            row["name"],
+            row["version"],
+            row["sha256"][:12],
+            row["installed_at"],
+            row["signed_by"] or "unsigned",
+            row["status"],
+            health,
+        )
+    Console().print(table)
+
+
+def flash_command(
+    file: Path = typer.Argument(..., help="Bundle file to flash.", show_default=False),
+    to: List[str] = typer.Option(
+        [],
+        "--to",
+        help="Robot as USER@HOST:PORT/ROOT (user, port and /ROOT optional; ROOT is its install root); repeat for each robot.",
+        show_default=False,
+    ),
+    robots: Optional[Path] = typer.Option(
+        None, "--robots", help="File listing robots, one USER@HOST:PORT/ROOT per line (# comments allowed)."
+    ),
+    parallel: int = typer.Option(4, "--parallel", help="Robots flashed at the same time."),
+    identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="ssh private key file."),
+    remote_root: Optional[str] = typer.Option(
+        None, "--remote-root", help="Install root on the robots (a /path in --to wins); the robots' default otherwise."
+    ),
+    remote_command: str = typer.Option(
+        "edge-sdk", "--remote-command", help="edge-sdk on the robots (an absolute path, or e.g. 'sudo edge-sdk')."
+    ),
+    known_hosts: Optional[Path] = typer.Option(
+        None, "--known-hosts", help="known_hosts file for the robots' host keys (default: ssh's own)."
+    ),
+    strict_host_key_checking: str = typer.Option(
+        "yes", "--strict-host-key-checking", help="ssh StrictHostKeyChecking: yes, accept-new or no."
+    ),
+    connect_timeout: int = typer.Option(10, "--connect-timeout", help="ssh connect timeout in seconds."),
+    allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Passed to the robots' install."),
+    skip_health: bool = typer.Option(False, "--skip-health", help="Passed to the robots' install."),
+    min_fps: Optional[float] = typer.Option(None, "--min-fps", help="Passed to the robots' install."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the per-robot results as a JSON list instead of a table."
+    ),
+) -> None:
+    """Copy a bundle to robots over ssh and install it there; one line per robot, exit 1 if any failed."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from device.flash import FlashPlan, SshOptions, flash, parse_target, read_targets_file
+    from edge_sdk.bundle import inspect_bundle
+    from edge_sdk.errors import InstallError
+
+    texts = list(to) + (read_targets_file(robots) if robots is not None else [])
+    if not texts:
+        raise InstallError("no robots given: use --to USER@HOST:PORT/ROOT or --robots FILE")
+    if strict_host_key_checking not in ("yes", "accept-new", "no"):
+        raise InstallError("--strict-host-key-checking must be yes, accept-new or no")
+    targets = [parse_target(text) for text in texts]
+    info = inspect_bundle(file)  # refuse a damaged bundle before contacting any robot
+    install_args = []  # type: List[str]
+    if allow_downgrade:
+        install_args.append("--allow-downgrade")
+    if skip_health:
+        install_args.append("--skip-health")
+    if min_fps is not None:
+        install_args += ["--min-fps", str(min_fps)]
+    plan = FlashPlan(file, info["sha256"], remote_command, remote_root, install_args)
+    options = SshOptions(
+        identity=None if identity is None else str(identity),
+        known_hosts=None if known_hosts is None else str(known_hosts),
+        strict_host_key_checking=strict_host_key_checking,
+        connect_timeout=connect_timeout,
+    )
+    console = Console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[step]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    steps = {"checking": 1, "copying": 2, "installing": 3}
+    with progress:
+        tasks = {t: progress.add_task(t.label, total=4, step="waiting") for t in targets}
+        results = flash(
+            plan,
+            targets,
+            options,
+            parallel,
+            on_step=lambda t, s: progress.update(tasks[t], completed=steps.get(s, 0), step=s),
+            on_done=lambda r: progress.update(tasks[r.target], completed=4, step=r.outcome),
+        )
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        rows = [
+            {"robot": r.target.label, "outcome": r.outcome, "detail": r.detail, "seconds": round(r.seconds, 2)}
+            for r in results
+        ]
+        typer.echo(json.dumps(rows))
+        if failed:
+            raise typer.Exit(1)
+        return
+    styles = {"installed": "green", "skipped": "cyan", "rejected": "red", "unreachable": "red", "failed": "red"}
+    table = Table(
+        title="flash {} ({} {})".format(file.name, info["manifest"]["name"], info["manifest"]["version"]),
+        title_justify="left",
+    )
+    for column in ("robot", "result", "detail", "time"):
+        table.add_column(column, overflow="fold")
+    for result in results:
+        style = styles.get(result.outcome, "")
+        table.add_row(
+            result.target.label,
+            "[{}]{}[/]".format(style, result.outcome),
+            result.detail,
+            "{:.1f} s".format(result.seconds),
+        )
+    Console().print(table)
+    typer.echo(
+        "{} robots: {} installed, {} skipped, {} failed".format(
+            len(results),
+            sum(r.outcome == "installed" for r in results),
+            sum(r.outcome == "skipped" for r in results),
+            len(failed),
+        )
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `install`, `rollback`, `list` and `flash` to the root app."""
+    app.command("install")(install_command)
+    app.command("rollback")(rollback_command)
+    app.command("list")(list_command)
+    app.command("flash")(flash_command)
