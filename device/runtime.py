@@ -1,0 +1,384 @@
+"""`edge-sdk run`: wire a source, the detector and the sinks, and keep the robot informed.
+
+The run loop shows a one-line live status (fps, latency, dropped frames, detections), stops
+cleanly on SIGINT/SIGTERM (sinks closed, exit 0), and speaks systemd's notify protocol when
+started by a `Type=notify` unit: READY=1 once frames flow, WATCHDOG=1 only while they keep
+flowing, STATUS=... with the same numbers as the status line. The notify protocol is one
+datagram on the unix socket named by $NOTIFY_SOCKET, so no dependency is needed for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO
+
+from edge_sdk.errors import EdgeSdkError, SourceError
+
+
+class SystemdNotifier:
+    """sd_notify(3) in a few lines: datagrams "KEY=value\\n..." to $NOTIFY_SOCKET (a path, or
+    "@name" for the abstract namespace). Without the variable every call is a no-op."""
+
+    def __init__(self, address: Optional[str] = None) -> None:
+        address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self.address: Optional[str] = None
+        self._socket: Optional[socket.socket] = None
+        if address and hasattr(socket, "AF_UNIX"):
+            self.address = "\0" + address[1:] if address.startswith("@") else address
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    @property
+    def enabled(self) -> bool:
+        return self._socket is not None
+
+    def notify(self, **fields: Any) -> bool:
+        """Send e.g. notify(READY=1, STATUS="warming up"); False when not under systemd or on error."""
+        if self._socket is None or self.address is None:
+            return False
+        message = "\n".join("{}={}".format(key, value) for key, value in fields.items())
+        try:
+            self._socket.sendto(message.encode("utf-8", "replace"), self.address)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def watchdog_interval(default: float = 1.0) -> float:
+    """Seconds between WATCHDOG=1 pings: a third of $WATCHDOG_USEC, or `default` without it."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+    except ValueError:
+        usec = 0
+    return usec / 3e6 if usec > 0 else default
+
+
+def _fmt_ms(value: Optional[float]) -> str:
+    return "-" if value is None else "{:.0f}".format(value)
+
+
+def status_text(stats: Dict[str, Any]) -> str:
+    """One line: "12.4 fps | e2e 81/120 ms (p50/p99) | infer 40 ms | dropped 3 | 2 det | source running"."""
+    latency = stats.get("latency_ms", {})
+    e2e = latency.get("end_to_end", {})
+    infer = latency.get("inference", {})
+    source = stats.get("source", {})
+    text = "{:.1f} fps | e2e {}/{} ms (p50/p99) | infer {} ms | dropped {} | {} det | frames {}".format(
+        stats.get("fps", 0.0),
+        _fmt_ms(e2e.get("p50")),
+        _fmt_ms(e2e.get("p99")),
+        _fmt_ms(infer.get("p50")),
+        stats.get("dropped", 0),
+        stats.get("detections", 0),
+        stats.get("frames", 0),
+    )
+    state = source.get("state")
+    if state and state != "ok":
+        text += " | source {}".format(state)
+        if source.get("last_error") and state in ("reconnecting", "stale"):
+            text += " ({})".format(source["last_error"])
+    return text
+
+
+class StatusLine:
+    """The live status on a terminal (rewritten in place with \\r) or, when not a terminal, one
+    line every `every` seconds (for the journal)."""
+
+    def __init__(self, stream: TextIO = sys.stderr, refresh: float = 0.25, every: float = 10.0) -> None:
+        self.stream = stream
+        self.is_tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.interval = refresh if self.is_tty else every
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        if self.is_tty:
+            padded = text.ljust(self._width)
+            self._width = len(text)
+            self.stream.write("\r" + padded)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def finish(self, text: str) -> None:
+        if self.is_tty and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+@dataclass
+class RunOptions:
+    """Everything `edge-sdk run` takes; see its --help for each field."""
+
+    source: str = "0"
+    bundle: Optional[str] = None
+    root: Optional[str] = None
+    serial: Optional[str] = None
+    baud: int = 115200
+    preview: Optional[str] = None
+    record: Optional[str] = None
+    jsonl: Optional[str] = None
+    max_frames: Optional[int] = None
+    precision: Optional[str] = None
+    device: str = "auto"
+    dla_core: Optional[int] = None
+    threads: Optional[int] = None
+    score_threshold: Optional[float] = None
+    classes: Optional[Sequence[str]] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    fps: Optional[float] = None
+    loop: bool = False
+    engine_cache: Optional[str] = None
+    trusted_keys: Optional[str] = None
+
+
+def store_trusted_keys(root: Optional[str] = None) -> Optional[Path]:
+    """The store's keys/ folder when it holds public keys: a --bundle FILE must then be signed by one."""
+    from device import store
+
+    keys = Path(root or store.DEFAULT_ROOT) / store.KEYS
+    if keys.is_dir() and any(p.suffix in (".pem", ".pub") for p in keys.iterdir()):
+        return keys
+    return None
+
+
+def open_run_bundle(bundle: Optional[str], root: Optional[str], trusted_keys: Optional[str]) -> Any:
+    """--bundle FILE (verified, signature required when the store or --trusted-key has keys), or the
+    store's active version (re-hashed: nothing on disk is trusted without a check)."""
+    if bundle:
+        from edge_sdk.bundle import open_bundle
+
+        return open_bundle(bundle, trusted_keys=trusted_keys or store_trusted_keys(root))
+    from device.install import active_bundle
+    from device.store import DEFAULT_ROOT
+
+    installed = active_bundle(root or DEFAULT_ROOT)
+    installed.verify()
+    return installed
+
+
+def class_ids_for(names: Optional[Sequence[str]], classes: Sequence[str]) -> Optional[List[int]]:
+    """Class names -> indices into `classes`; EdgeSdkError naming an unknown class."""
+    if not names:
+        return None
+    ids = []
+    for name in names:
+        if name not in classes:
+            raise EdgeSdkError("--classes: {!r} is not a class of this bundle ({})".format(name, ", ".join(classes)))
+        ids.append(list(classes).index(name))
+    return ids
+
+
+class _SignalStop:
+    """SIGINT/SIGTERM -> callback, for the duration of a with-block (main thread only)."""
+
+    def __init__(self, on_signal: Callable[[int], None]) -> None:
+        self.on_signal = on_signal
+        self.previous: Dict[int, Any] = {}
+        self.received: Optional[int] = None
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = signum
+        self.on_signal(signum)
+
+    def install(self) -> None:
+        """(Re)install the handlers: Paddle installs its own SIGTERM handler when a predictor is built."""
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.signal(signum, self._handle)
+                self.previous.setdefault(signum, previous)
+
+    def __enter__(self) -> _SignalStop:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _open_sinks(options: RunOptions, classes: Sequence[str]) -> List[Any]:
+    if not any((options.serial, options.jsonl, options.record, options.preview)):
+        return []
+    from device.sinks import open_sinks
+
+    return list(
+        open_sinks(
+            serial=options.serial,
+            baud=options.baud,
+            jsonl=options.jsonl,
+            record=options.record,
+            preview=options.preview,
+            classes=tuple(classes),
+        )
+    )
+
+
+def run(
+    options: RunOptions, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
+) -> Dict[str, Any]:
+    """Run until the source ends, --max-frames, or SIGINT/SIGTERM; returns the final pipeline stats."""
+    from device.pipeline import Detector, Pipeline
+    from device.sources import check_source, open_source
+
+    notifier = SystemdNotifier()
+    stop_requested = threading.Event()
+    pipeline_box: List[Any] = []
+
+    def on_signal(signum: int) -> None:
+        stop_requested.set()
+        if pipeline_box:
+            pipeline_box[0].stop()
+
+    check_source(options.source)  # a missing camera fails now, not after a minutes-long engine build
+    sinks: List[Any] = []
+    source = None
+    detector = None
+    with _SignalStop(on_signal) as signals:
+        notifier.notify(STATUS="opening the bundle")
+        bundle = open_run_bundle(options.bundle, options.root, options.trusted_keys)
+        try:
+            log(
+                "bundle {} {} ({}, {} classes) from {}".format(
+                    bundle.manifest.name,
+                    bundle.manifest.version,
+                    bundle.manifest.precision,
+                    len(bundle.manifest.classes),
+                    bundle.path,
+                )
+            )
+            class_ids = class_ids_for(options.classes, bundle.manifest.classes)
+            notifier.notify(STATUS="building the predictor")
+            detector = Detector(
+                bundle,
+                precision=options.precision,
+                device=options.device,
+                threads=options.threads,
+                dla_core=options.dla_core,
+                cache_root=Path(options.engine_cache) if options.engine_cache else None,
+                class_ids=class_ids,
+                log=log,
+            )
+            signals.install()
+            log("predictor: {}".format(detector.plan.describe()))
+            if stop_requested.is_set():
+                return {"frames": 0}
+            source = open_source(
+                options.source, width=options.width, height=options.height, fps=options.fps, loop=options.loop
+            )
+            sinks = _open_sinks(options, bundle.manifest.classes)
+            pipeline = Pipeline(source, detector, sinks, score_threshold=options.score_threshold)
+            pipeline_box.append(pipeline)
+            if stop_requested.is_set():
+                pipeline.stop()
+            return _drive(pipeline, options, notifier, sinks, log)
+        finally:
+            notifier.notify(STOPPING=1, STATUS="stopping")
+            errors = []
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception as exc:  # close every sink even if one fails
+                    errors.append(exc)
+            if source is not None:
+                source.close()
+            if detector is not None:
+                detector.close()
+            bundle.close()
+            notifier.close()
+            if errors and sys.exc_info()[0] is None:
+                raise errors[0]
+
+
+def _drive(
+    pipeline: Any, options: RunOptions, notifier: SystemdNotifier, sinks: Sequence[Any], log: Callable[[str], None]
+) -> Dict[str, Any]:
+    status_line = StatusLine()
+    ping_every = watchdog_interval()
+    stale_after = max(2.0, ping_every * 3.0)
+    state = {"ready": False, "last_ping": 0.0, "last_status": 0.0}
+
+    def on_frame(p: Any) -> None:
+        now = time.monotonic()
+        flowing = p.last_frame_time is not None and now - p.last_frame_time < stale_after
+        if flowing and not state["ready"]:
+            state["ready"] = True
+            notifier.notify(READY=1, STATUS="running")
+        if flowing and now - state["last_ping"] >= ping_every:
+            state["last_ping"] = now
+            notifier.notify(WATCHDOG=1)
+        if now - state["last_status"] >= 1.0:
+            state["last_status"] = now
+            text = status_text(p.stats(max_age=0.5))
+            notifier.notify(STATUS=text)
+            status_line.update(text)
+
+    stats = pipeline.run(max_frames=options.max_frames, on_frame=on_frame)
+    status_line.finish("stopped: " + status_text(stats))
+    return stats
+
+
+def bench_bundle(
+    bundle: Any,
+    source: str = "demo",
+    frames: int = 100,
+    warmup: int = 5,
+    precision: Optional[str] = None,
+    device: str = "auto",
+    dla_core: Optional[int] = None,
+    threads: Optional[int] = None,
+    width: int = 640,
+    height: int = 480,
+) -> Dict[str, Any]:
+    """Predictor-only FPS (one preprocessed frame, `frames` runs) and full-pipeline FPS (source
+    read as fast as the pipeline takes frames, preprocessing overlapped with inference) on the same
+    bundle. Returns plan, predictor_fps, predictor_ms, pipeline_fps, ratio, e2e_p50_ms, e2e_p99_ms,
+    dropped, and the pipeline's latency_ms per stage."""
+    from device.pipeline import Detector, Pipeline, predictor_fps
+    from device.sources import open_source
+
+    with Detector(bundle, precision=precision, device=device, dla_core=dla_core, threads=threads) as detector:
+        with open_source(source, width=width, height=height, loop=True, realtime=False) as frames_in:
+            first = frames_in.read(10.0)
+            if first is None:
+                raise SourceError("source {} gave no frame".format(source))
+            predictor_rate, predictor_ms = predictor_fps(detector, first.image, frames, warmup)
+            pipeline = Pipeline(frames_in, detector)
+            marks: Dict[str, float] = {}
+
+            def mark(p: Any) -> None:
+                if p.frames == warmup and "start" not in marks:
+                    marks["start"] = time.perf_counter()
+
+            stats = pipeline.run(max_frames=frames + warmup, on_frame=mark)
+            elapsed = time.perf_counter() - marks["start"]
+    pipeline_rate = (stats["frames"] - warmup) / elapsed if elapsed > 0 else 0.0
+    e2e = stats["latency_ms"]["end_to_end"]
+    return {
+        "plan": detector.plan.describe(),
+        "predictor_fps": predictor_rate,
+        "predictor_ms": predictor_ms,
+        "pipeline_fps": pipeline_rate,
+        "ratio": pipeline_rate / predictor_rate if predictor_rate > 0 else 0.0,
+        "e2e_p50_ms": e2e["p50"],
+        "e2e_p99_ms": e2e["p99"],
+        "dropped": stats["dropped"],
+        "latency_ms": stats["latency_ms"],
+    }

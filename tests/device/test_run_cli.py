@@ -1,0 +1,249 @@
+"""`edge-sdk run` / `edge-sdk bench` end to end: a video file as the camera, JSON lines on stdout,
+clean stop on SIGTERM/SIGINT, and systemd's notify protocol over a real unix datagram socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from device.runtime import SystemdNotifier, status_text
+
+EDGE_SDK = [sys.executable, "-m", "edge_sdk"]
+
+
+def write_video(path: Path, frames: int = 10) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (128, 96))
+    rng = np.random.default_rng(0)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def edge_sdk(*args: str, env=None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(EDGE_SDK + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "camera.avi")
+
+
+def test_run_on_a_video_writes_json_lines(tiny_bundle, video):
+    result = edge_sdk(
+        "run",
+        "--source",
+        str(video),
+        "--bundle",
+        str(tiny_bundle),
+        "--max-frames",
+        "5",
+        "--jsonl",
+        "-",
+        "--score-threshold",
+        "0",
+        "--threads",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    frames = [line for line in lines if line["event"] == "frame"]
+    assert [f["frame_id"] for f in frames] == [0, 1, 2, 3, 4]
+    assert all(f["width"] == 128 and f["height"] == 96 for f in frames)
+    assert sum(len(f["detections"]) for f in frames) > 0
+    assert "stopped:" in result.stderr and "frames 5" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _read_datagrams(server: socket.socket, until: str, timeout: float) -> list:
+    messages = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        server.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            messages.append(server.recv(4096).decode())
+        except socket.timeout:
+            break
+        if any(until in m for m in messages):
+            break
+    return messages
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_and_systemd_is_told(tiny_bundle, video, tmp_path, signum):
+    address = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    env = dict(os.environ, NOTIFY_SOCKET=address, WATCHDOG_USEC="300000")
+    output = tmp_path / "out.jsonl"
+    process = subprocess.Popen(
+        EDGE_SDK
+        + [
+            "run",
+            "--source",
+            str(video),
+            "--loop",
+            "--fps",
+            "30",
+            "--bundle",
+            str(tiny_bundle),
+            "--jsonl",
+            str(output),
+            "--threads",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        messages = _read_datagrams(server, "READY=1", timeout=90)
+        assert any("READY=1" in m for m in messages), messages
+        messages += _read_datagrams(server, "WATCHDOG=1", timeout=10)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    messages += _read_datagrams(server, "STOPPING=1", timeout=1)
+    server.close()
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "stopped:" in stderr
+    assert any("WATCHDOG=1" in m for m in messages)
+    assert any(m.startswith("STATUS=") and "fps" in m for m in messages)
+    assert any("STOPPING=1" in m for m in messages)
+    lines = output.read_text().splitlines()
+    assert lines and all(json.loads(line)["event"] in ("frame", "status") for line in lines)  # closed cleanly
+
+
+def test_notifier_speaks_to_an_abstract_socket():
+    name = "edge-sdk-test-{}".format(os.getpid())
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind("\0" + name)
+    server.settimeout(5)
+    notifier = SystemdNotifier("@" + name)
+    assert notifier.notify(READY=1, STATUS="warming up")
+    assert server.recv(4096) == b"READY=1\nSTATUS=warming up"
+    notifier.close()
+    server.close()
+    assert not SystemdNotifier("").notify(READY=1)
+
+
+def test_status_text_mentions_the_numbers():
+    text = status_text(
+        {
+            "fps": 12.34,
+            "frames": 9,
+            "dropped": 3,
+            "detections": 2,
+            "latency_ms": {"end_to_end": {"p50": 80.4, "p99": 120.0}, "inference": {"p50": 40.2, "p99": 50.0}},
+            "source": {"state": "reconnecting", "last_error": "camera 0 could not be opened"},
+        }
+    )
+    assert "12.3 fps" in text and "80/120 ms" in text and "dropped 3" in text and "2 det" in text
+    assert "source reconnecting (camera 0 could not be opened)" in text
+
+
+def test_missing_installed_bundle_is_one_line(tmp_path):
+    result = edge_sdk("run", "--root", str(tmp_path / "store"), "--source", "demo", "--max-frames", "1", timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: no bundle is installed in {}".format(tmp_path / "store"))
+    assert "Traceback" not in result.stderr
+
+
+def test_run_uses_the_installed_bundle(tiny_bundle, video, tmp_path):
+    from device.install import install_bundle
+
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "robot.json").write_text(json.dumps({"l4t": "35.4.1", "compute_capability": "7.2"}))
+    install_bundle(tiny_bundle, root=store, skip_health=True)
+    result = edge_sdk(
+        "run", "--root", str(store), "--source", str(video), "--max-frames", "2", "--jsonl", "-", "--threads", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "bundle tiny 0.1.0" in result.stderr and str(store) in result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--camera", "97"], "error: camera 97 does not exist"),
+        (["--classes", "missing_hole,scratch"], "error: --classes: 'scratch' is not a class"),
+        (["--device", "gpu"], "error: --device gpu asked for, but this Paddle"),
+    ],
+)
+def test_user_errors_are_one_line(tiny_bundle, video, args, message):
+    base = ["run", "--bundle", str(tiny_bundle), "--max-frames", "1"]
+    if "--camera" not in args:
+        base += ["--source", str(video)]
+    result = edge_sdk(*(base + args))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_prints_both_rates_and_their_ratio(tiny_bundle, video):
+    from typer.testing import CliRunner
+
+    from edge_sdk.cli import app
+
+    result = CliRunner().invoke(
+        app, ["bench", "--bundle", str(tiny_bundle), "--source", str(video), "--frames", "10", "--threads", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "predictor-only" in result.output and "full pipeline" in result.output
+    ratio = float(result.output.split("ratio")[1].split()[0])
+    assert ratio > 0
+
+
+def test_watchdog_pings_stop_while_frames_do_not_flow(tiny_bundle, video, tmp_path, monkeypatch):
+    """One frame every 4 s: pings follow the first frame, then stop until the next one arrives."""
+    import threading
+
+    from device.runtime import RunOptions, run
+
+    address = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(0.2)
+    received = []
+    done = threading.Event()
+
+    def listen():
+        while not done.is_set():
+            try:
+                received.append((time.monotonic(), server.recv(4096).decode()))
+            except socket.timeout:
+                continue
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "300000")  # a ping every 0.1 s while frames flow
+    try:
+        stats = run(
+            RunOptions(source=str(video), bundle=str(tiny_bundle), fps=0.25, max_frames=2, threads=1),
+            log=lambda m: None,
+        )
+    finally:
+        done.set()
+        listener.join()
+        server.close()
+    assert stats["frames"] == 2
+    pings = [t for t, m in received if "WATCHDOG=1" in m]
+    ready = [t for t, m in received if "READY=1" in m]
+    assert len(ready) == 1 and len(pings) >= 3
+    assert max(b - a for a, b in zip(pings, pings[1:])) > 1.2  # silence while the stream was frozen
