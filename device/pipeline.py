@@ -267,6 +267,7 @@ class Pipeline:
         read_timeout: float = 0.5,
         ring_size: int = 256,
         opencv_threads: Optional[int] = 1,
+        telemetry: Optional[Any] = None,
     ) -> None:
         if opencv_threads is not None:
             import cv2
@@ -276,6 +277,7 @@ class Pipeline:
         self.source = source
         self.detector = detector
         self.sinks = list(sinks)
+        self.telemetry = telemetry
         self.score_threshold = score_threshold
         self.read_timeout = read_timeout
         self.latency = {stage: LatencyRing(ring_size) for stage in STAGES}
@@ -418,7 +420,7 @@ class Pipeline:
 
     def sink_stats(self) -> Dict[str, Any]:
         """The flat dict handed to every sink: frames, fps, dropped_frames, latency_ms_p50/p99
-        (end to end), detections, reconnects, source_state."""
+        (end to end), detections, reconnects, source_state, temperatures (name -> Celsius), gpu_load (%)."""
         stats = self.stats(max_age=0.5)
         e2e = stats["latency_ms"]["end_to_end"]
         return {
@@ -430,6 +432,8 @@ class Pipeline:
             "detections": stats["detections"],
             "reconnects": stats["source"].get("reconnects", 0),
             "source_state": stats["source_state"],
+            "temperatures": stats.get("temperatures", {}),
+            "gpu_load": stats.get("gpu_load"),
         }
 
     def fps(self) -> float:
@@ -455,7 +459,7 @@ class Pipeline:
             frames = self.frames
             last = self.last_detections
             last_time = self.last_frame_time
-        return {
+        stats = {
             "frames": frames,
             "fps": self.fps(),
             "detections": last,
@@ -465,6 +469,9 @@ class Pipeline:
             "latency_ms": latency,
             "source": source_stats,
         }
+        if self.telemetry is not None:
+            stats.update(self.telemetry.latest().to_stats())
+        return stats
 
 
 def predictor_fps(detector: Detector, image_bgr: np.ndarray, frames: int = 50, warmup: int = 5) -> Tuple[float, float]:

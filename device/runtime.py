@@ -83,6 +83,12 @@ def status_text(stats: Dict[str, Any]) -> str:
         stats.get("detections", 0),
         stats.get("frames", 0),
     )
+    temperatures = stats.get("temperatures") or {}
+    if temperatures:
+        hottest = max(temperatures, key=temperatures.get)
+        text += " | {} {:.0f}C".format(hottest, temperatures[hottest])
+    if stats.get("gpu_load") is not None:
+        text += " | gpu {}%".format(stats["gpu_load"])
     state = source.get("state")
     if state and state != "ok":
         text += " | source {}".format(state)
@@ -131,6 +137,7 @@ class RunOptions:
     root: Optional[str] = None
     serial: Optional[str] = None
     baud: int = 115200
+    serial_mode: str = "binary"
     preview: Optional[str] = None
     record: Optional[str] = None
     jsonl: Optional[str] = None
@@ -223,6 +230,7 @@ def _open_sinks(options: RunOptions, classes: Sequence[str]) -> List[Any]:
         open_sinks(
             serial=options.serial,
             baud=options.baud,
+            serial_mode=options.serial_mode,
             jsonl=options.jsonl,
             record=options.record,
             preview=options.preview,
@@ -237,6 +245,7 @@ def run(
     """Run until the source ends, --max-frames, or SIGINT/SIGTERM; returns the final pipeline stats."""
     from device.pipeline import Detector, Pipeline
     from device.sources import check_source, open_source
+    from device.telemetry import Telemetry
 
     notifier = SystemdNotifier()
     stop_requested = threading.Event()
@@ -251,6 +260,7 @@ def run(
     sinks: List[Any] = []
     source = None
     detector = None
+    telemetry = None
     with _SignalStop(on_signal) as signals:
         notifier.notify(STATUS="opening the bundle")
         bundle = open_run_bundle(options.bundle, options.root, options.trusted_keys)
@@ -284,7 +294,8 @@ def run(
                 options.source, width=options.width, height=options.height, fps=options.fps, loop=options.loop
             )
             sinks = _open_sinks(options, bundle.manifest.classes)
-            pipeline = Pipeline(source, detector, sinks, score_threshold=options.score_threshold)
+            telemetry = Telemetry().start()
+            pipeline = Pipeline(source, detector, sinks, score_threshold=options.score_threshold, telemetry=telemetry)
             pipeline_box.append(pipeline)
             if stop_requested.is_set():
                 pipeline.stop()
@@ -299,6 +310,8 @@ def run(
                     errors.append(exc)
             if source is not None:
                 source.close()
+            if telemetry is not None:
+                telemetry.stop()
             if detector is not None:
                 detector.close()
             bundle.close()

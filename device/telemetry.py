@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -105,6 +106,7 @@ class Telemetry:
         self._interval_ms = interval_ms
         self._command = command or shutil.which("tegrastats")
         self._latest = Reading()
+        self._sysfs_read_at = float("-inf")
         self._lock = threading.Lock()
         self._process: Optional[subprocess.Popen] = None
         self._thread: Optional[threading.Thread] = None
@@ -133,8 +135,13 @@ class Telemetry:
                 self._latest = reading
 
     def latest(self) -> Reading:
+        """The newest reading; off a Jetson, sysfs is read at most once per interval."""
         if not self._command:
-            return Reading(temperatures=read_thermal_zones())
+            now = time.monotonic()
+            if now - self._sysfs_read_at >= self._interval_ms / 1000.0:
+                self._latest = Reading(temperatures=read_thermal_zones())
+                self._sysfs_read_at = now
+            return self._latest
         with self._lock:
             return self._latest
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import errno
 import logging
+import queue
 import threading
 import time
 from typing import Dict, Sequence
@@ -214,7 +215,7 @@ class SerialSink:
         self._seq = (self._seq + 1) & 0xFFFF
         try:
             self._port.write(data)
-        except serial.SerialTimeoutException:
+        except (serial.SerialTimeoutException, queue.Full):  # loop:// reports a full buffer as queue.Full
             self._count("write_timeouts")
             self._need_delimiter = True
             return

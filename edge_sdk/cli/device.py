@@ -37,6 +37,11 @@ def run_command(
         None, "--serial", help="Serial port of the robot controller, e.g. /dev/ttyTHS0."
     ),
     baud: int = typer.Option(115200, "--baud", help="Serial baud rate."),
+    serial_mode: str = typer.Option(
+        "binary",
+        "--serial-mode",
+        help="binary: the framed protocol of docs/serial-protocol.md; text: one readable line per message (debugging).",
+    ),
     preview: Optional[str] = typer.Option(None, "--preview", help="Serve a live preview page on HOST:PORT."),
     record: Optional[Path] = typer.Option(None, "--record", help="Record annotated video to this file."),
     jsonl: Optional[str] = typer.Option(
@@ -81,6 +86,7 @@ def run_command(
         root=root,
         serial=serial,
         baud=baud,
+        serial_mode=serial_mode,
         preview=preview,
         record=str(record) if record else None,
         jsonl=jsonl,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -196,3 +197,22 @@ def test_pipeline_hands_a_worker_error_to_the_caller(detector):
 
     with pytest.raises(RuntimeError, match="camera driver crashed"):
         Pipeline(BrokenSource(), detector).run(max_frames=1)
+
+
+def test_pipeline_hands_telemetry_to_the_sinks(detector, tmp_path):
+    """Temperatures and GPU load read from a (real, scripted) tegrastats reach every sink's stats."""
+    from device.telemetry import Telemetry
+    from tests.device.test_telemetry import XAVIER_JP5, fake_tegrastats
+
+    telemetry = Telemetry(interval_ms=50, command=str(fake_tegrastats(tmp_path, [XAVIER_JP5]))).start()
+    try:
+        deadline = time.monotonic() + 10
+        while telemetry.latest().gpu_load is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sink = CollectingSink()
+        with open_source(str(write_video(tmp_path / "clip.avi", 3)), realtime=False) as source:
+            stats = Pipeline(source, detector, [sink], telemetry=telemetry).run()
+    finally:
+        telemetry.stop()
+    assert stats["gpu_load"] == 47 and stats["temperatures"]["GPU"] == 34.531
+    assert all(s["gpu_load"] == 47 and s["temperatures"]["tj"] == 37.156 for _, _, s in sink.items)

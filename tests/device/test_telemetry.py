@@ -65,15 +65,20 @@ def test_garbage_line_gives_an_empty_reading():
     assert r.temperatures == {} and r.power_mw == {} and r.gpu_load is None
 
 
-def test_reader_follows_a_real_tegrastats_process(tmp_path):
-    script = tmp_path / "tegrastats"
+def fake_tegrastats(folder, lines):
+    """An executable `tegrastats` that prints `lines` (50 ms apart) and then waits to be stopped."""
+    script = folder / "tegrastats"
     script.write_text(
-        "#!{}\nimport sys, time\nfor line in {!r}:\n    print(line, flush=True)\n    time.sleep(0.05)\ntime.sleep(30)\n".format(
-            sys.executable, [XAVIER_JP4, XAVIER_JP5]
+        "#!{}\nimport time\nfor line in {!r}:\n    print(line, flush=True)\n    time.sleep(0.05)\ntime.sleep(30)\n".format(
+            sys.executable, list(lines)
         )
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    telemetry = Telemetry(interval_ms=50, command=str(script)).start()
+    return script
+
+
+def test_reader_follows_a_real_tegrastats_process(tmp_path):
+    telemetry = Telemetry(interval_ms=50, command=str(fake_tegrastats(tmp_path, [XAVIER_JP4, XAVIER_JP5]))).start()
     try:
         deadline = time.monotonic() + 10
         while telemetry.latest().gpu_load != 47 and time.monotonic() < deadline:
@@ -93,3 +98,11 @@ def test_thermal_zones_from_sysfs(tmp_path):
         (zone / "type").write_text(name + "\n")
         (zone / "temp").write_text(millidegrees + "\n")
     assert read_thermal_zones(str(tmp_path)) == {"CPU-therm": 41.5, "GPU-therm": 39.0}
+
+
+def test_status_line_shows_the_hottest_sensor_and_gpu_load():
+    from device.runtime import status_text
+
+    line = status_text({"fps": 12.0, "frames": 5, **parse_tegrastats(XAVIER_JP5).to_stats()})
+    assert "tj 37C" in line and "gpu 47%" in line
+    assert "gpu" not in status_text({"fps": 12.0, "frames": 5})
