@@ -1,0 +1,43 @@
+"""The recipe's `int8` section: how the calibration set is chosen, how PTQ runs and the accuracy budget.
+
+A frozen dataclass whose field metadata (minimum, maximum, choices) is what `compress.recipe`'s
+generic validator reads, so `Recipe` can hold it as a field without a second validator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PTQ_ALGOS = ("KL", "hist", "avg", "mse", "abs_max")
+
+
+def _f(default: Any, **meta: Any) -> Any:
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Int8Section:
+    """INT8 calibration.
+
+    calibration_images: how many images `select_calibration_set` picks from the training set;
+    seed, brightness_bins, size_bins: its selection. algo: PTQ algorithm. batch_size: calibration
+    batch. budget_map50: the most mAP@.5 (in points, 1.0 = 0.01 mAP) INT8 may lose against FP32 on
+    the val set. max_retries: attempts after the first, each keeping `layers_per_retry` more of the
+    most sensitive layers in float. sensitivity_images: val images the per-layer sensitivity is
+    measured on. golden_images: val images whose FP32 detections ship in the bundle.
+    fallback: what to do when PTQ stays over budget: "fail" or "qat" (see compress.qat).
+    """
+
+    calibration_images: int = _f(64, minimum=1)
+    seed: int = _f(0, minimum=0)
+    brightness_bins: int = _f(4, minimum=1)
+    size_bins: int = _f(4, minimum=1)
+    algo: str = _f("KL", choices=PTQ_ALGOS)
+    batch_size: int = _f(8, minimum=1)
+    budget_map50: float = _f(1.0, minimum=0.0, maximum=100.0)
+    max_retries: int = _f(3, minimum=0)
+    layers_per_retry: int = _f(2, minimum=1)
+    sensitivity_images: int = _f(16, minimum=1)
+    golden_images: int = _f(4, minimum=0)
+    fallback: str = _f("fail", choices=("fail", "qat"))

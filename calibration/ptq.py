@@ -1,0 +1,322 @@
+"""Post-training quantization (PTQ) of an exported program with PaddleSlim, on the workstation.
+
+`quantize_post_training` runs `paddleslim.quant.quant_post_static` over calibration images
+preprocessed exactly as the bundle's `InputSpec` says (`device.pipeline.Preprocessor`, the code the
+robot runs). With `onnx_format=True` the saved program carries quantize/dequantize ops with their
+scales and int8-stored weights: Paddle Inference runs it on the CPU with oneDNN int8
+(`enable_mkldnn_int8`) and Paddle-TensorRT reads its scales with `use_calib_mode=False`.
+
+Layers are named by the structured name of their weight's layer (``model.neck.yolo_block.0.conv_module.conv0.conv``)
+when the export's `model.pdiparams.info` is there, else by the weight's variable name (``conv2d_27.w_0``).
+PaddleSlim and Paddle are imported inside the functions: the robot imports this package without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+
+from calibration.config import PTQ_ALGOS
+from edge_sdk.data.dataset import ImageRecord
+from edge_sdk.errors import DataError, RecipeError
+from edge_sdk.manifest import InputSpec
+
+PROGRAM_FILE = "model.pdmodel"
+PARAMS_FILE = "model.pdiparams"
+PARAMS_INFO_FILE = "model.pdiparams.info"
+# op type -> name of its weight input (PaddleSlim's quantizable ops with weights)
+WEIGHT_INPUTS = {
+    "conv2d": "Filter",
+    "depthwise_conv2d": "Filter",
+    "conv2d_transpose": "Filter",
+    "mul": "Y",
+    "matmul": "Y",
+    "matmul_v2": "Y",
+}
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    """A layer PTQ quantizes. name: structured layer name (or weight_var); weight_var: its weight's variable."""
+
+    name: str
+    weight_var: str
+    op_type: str
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Reads only plain containers and strings: refuses to import anything."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError("refusing to load {}.{}".format(module, name))
+
+
+def _structured_names(model_dir: Path) -> Dict[str, str]:
+    """weight variable -> structured layer name, from model.pdiparams.info (written by paddle.jit.save)."""
+    info_path = model_dir / PARAMS_INFO_FILE
+    if not info_path.is_file():
+        return {}
+    try:
+        with open(str(info_path), "rb") as handle:
+            info = _PlainUnpickler(handle).load()
+    except (pickle.UnpicklingError, EOFError, ValueError):
+        return {}
+    names = {}
+    for var, meta in info.items() if isinstance(info, dict) else ():
+        structured = meta.get("structured_name") if isinstance(meta, dict) else None
+        if isinstance(structured, str) and structured.endswith(".weight"):
+            names[var] = structured[: -len(".weight")]
+    return names
+
+
+def _check_model_dir(model_dir: Path) -> None:
+    for name in (PROGRAM_FILE, PARAMS_FILE):
+        if not (model_dir / name).is_file():
+            raise DataError(
+                "{} has no {}: expected an exported program (model.pdmodel + model.pdiparams)".format(model_dir, name)
+            )
+
+
+def list_quantizable_layers(model_dir: Union[str, Path]) -> List[QuantLayer]:
+    """The layers with weights PTQ would quantize, in program order (reads model.pdmodel only)."""
+    import paddle
+
+    model_dir = Path(model_dir)
+    _check_model_dir(model_dir)
+    with static_mode():
+        program = paddle.static.Program.parse_from_string((model_dir / PROGRAM_FILE).read_bytes())
+    structured = _structured_names(model_dir)
+    layers = []
+    seen = set()
+    for block in program.blocks:
+        for op in block.ops:
+            slot = WEIGHT_INPUTS.get(op.type)
+            if slot is None or not op.input(slot):
+                continue
+            weight = op.input(slot)[0]
+            var = block._find_var_recursive(weight)
+            if var is None or not var.persistable or weight in seen:
+                continue
+            seen.add(weight)
+            layers.append(QuantLayer(structured.get(weight, weight), weight, op.type))
+    return layers
+
+
+def resolve_layers(model_dir: Union[str, Path], names: Sequence[str]) -> List[QuantLayer]:
+    """QuantLayers for layer names (structured or weight variable names); RecipeError names unknown ones."""
+    layers = list_quantizable_layers(model_dir)
+    by_name = {}
+    for layer in layers:
+        by_name[layer.name] = layer
+        by_name[layer.weight_var] = layer
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise RecipeError(
+            "no quantizable layer named {} (e.g. {})".format(
+                ", ".join(unknown), ", ".join(layer.name for layer in layers[:3])
+            )
+        )
+    out: List[QuantLayer] = []
+    for n in names:
+        if by_name[n] not in out:
+            out.append(by_name[n])
+    return out
+
+
+def calibration_loader(
+    records: Sequence[ImageRecord],
+    input_spec: InputSpec,
+    batch_size: int,
+    on_batch: Optional[Callable[[], None]] = None,
+) -> Any:
+    """A paddle.io.DataLoader of {"image": [B,3,h,w], "im_shape": [B,2], "scale_factor": [B,2]} float32
+    batches, preprocessed as the manifest's input spec says. on_batch: called as each batch is handed out."""
+    import cv2
+    import paddle
+
+    from device.pipeline import Preprocessor
+
+    preprocess = Preprocessor(input_spec)
+
+    class CalibrationImages(paddle.io.Dataset):
+        def __len__(self) -> int:
+            return len(records)
+
+        def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+            path = str(records[index].path)
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            if image is None:
+                raise DataError("cannot decode calibration image {}".format(path))
+            return {key: value[0] for key, value in preprocess(image).items()}
+
+    class ReportingLoader(paddle.io.DataLoader):
+        def __iter__(self) -> Iterator[Any]:
+            for batch in super().__iter__():
+                if on_batch is not None:
+                    on_batch()
+                yield batch
+
+    def stack(samples: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+
+    return ReportingLoader(
+        CalibrationImages(), batch_size=batch_size, shuffle=False, drop_last=False, collate_fn=stack, num_workers=0
+    )
+
+
+@contextlib.contextmanager
+def static_mode() -> Iterator[None]:
+    """Paddle's static graph mode for the block, then back to dygraph if that is where we were."""
+    import paddle
+
+    was_dynamic = paddle.in_dynamic_mode()
+    paddle.enable_static()
+    try:
+        yield
+    finally:
+        if was_dynamic:
+            paddle.disable_static()
+
+
+@contextlib.contextmanager
+def _quiet_paddle_bars() -> Iterator[None]:
+    """Silence the tqdm bars of Paddle's PTQ and quantization passes (our rich bar counts the batches)."""
+    import functools
+
+    from paddle.static.quantization import post_training_quantization, quantization_pass
+
+    modules = [m for m in (post_training_quantization, quantization_pass) if hasattr(m, "tqdm")]
+    originals = [m.tqdm for m in modules]
+    for module, original in zip(modules, originals):
+        module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.tqdm = original
+
+
+def _executor_place() -> Any:
+    import paddle
+
+    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        return paddle.CUDAPlace(0)
+    return paddle.CPUPlace()
+
+
+def replace_dir(tmp_dir: Path, out_dir: Path) -> Path:
+    """Put the finished folder tmp_dir at out_dir (replacing an older one), then fsync the parent."""
+    if out_dir.exists():
+        shutil.rmtree(str(out_dir))
+    os.replace(str(tmp_dir), str(out_dir))
+    try:
+        fd = os.open(str(out_dir.parent), os.O_RDONLY)
+    except OSError:
+        return out_dir
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return out_dir
+
+
+def quantize_post_training(
+    model_dir: Union[str, Path],
+    calibration_records: Sequence[ImageRecord],
+    input_spec: InputSpec,
+    out_dir: Union[str, Path],
+    algo: str = "KL",
+    skip_layers: Sequence[str] = (),
+    batch_size: int = 8,
+    hist_percent: float = 0.9999,
+    progress: bool = True,
+) -> Path:
+    """Quantize model_dir/model.pdmodel + model.pdiparams to INT8; returns out_dir holding the same two files.
+
+    calibration_records: the images scales are computed on (all of them, in batches of batch_size).
+    input_spec: the manifest's preprocessing. algo: KL, hist, avg, mse or abs_max. skip_layers:
+    layer names (see `list_quantizable_layers`) kept in float. hist_percent: the percentile "hist"
+    clips at. out_dir is written atomically (a temporary sibling folder, then renamed).
+    Raises RecipeError for a bad algo or layer name, DataError for missing files or images.
+    """
+    if algo not in PTQ_ALGOS:
+        raise RecipeError("int8.algo: expected one of {}, got {!r}".format(", ".join(PTQ_ALGOS), algo))
+    if not calibration_records:
+        raise DataError("the calibration set is empty")
+    if batch_size < 1:
+        raise RecipeError("int8.batch_size: expected an integer >= 1, got {!r}".format(batch_size))
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check_model_dir(model_dir)
+    skip_vars = [layer.weight_var for layer in resolve_layers(model_dir, list(skip_layers))]
+
+    import paddle
+    from paddleslim.quant import quant_post_static
+
+    batches = (len(calibration_records) + batch_size - 1) // batch_size
+    passes = 2 if algo in ("KL", "hist") else 1
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".{}.tmp-".format(out_dir.name), dir=str(out_dir.parent)))
+    try:
+        with _progress_bar(
+            progress, "calibrating ({}, {} images)".format(algo, len(calibration_records)), passes * batches
+        ) as advance:
+            loader = calibration_loader(calibration_records, input_spec, batch_size, advance)
+            scope = paddle.static.Scope()
+            with static_mode(), _quiet_paddle_bars(), paddle.static.scope_guard(scope):
+                executor = paddle.static.Executor(_executor_place())
+                quant_post_static(
+                    executor,
+                    str(model_dir),
+                    str(tmp_dir),
+                    data_loader=loader,
+                    model_filename=PROGRAM_FILE,
+                    params_filename=PARAMS_FILE,
+                    save_model_filename=PROGRAM_FILE,
+                    save_params_filename=PARAMS_FILE,
+                    batch_size=batch_size,
+                    batch_nums=batches,
+                    scope=scope,
+                    algo=algo,
+                    hist_percent=hist_percent,
+                    onnx_format=True,
+                    skip_tensor_list=skip_vars or None,
+                )
+        for name in (PROGRAM_FILE, PARAMS_FILE):
+            if not (tmp_dir / name).is_file():
+                raise RecipeError("PaddleSlim wrote no {} for {}".format(name, model_dir))
+        os.chmod(str(tmp_dir), 0o755)
+        return replace_dir(tmp_dir, out_dir)
+    except BaseException:
+        shutil.rmtree(str(tmp_dir), ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on stderr yielding its `advance()`; a no-op when disabled."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)

@@ -1,0 +1,187 @@
+"""Quantization-aware training (QAT) with PaddleSlim: the fallback when PTQ misses the accuracy budget.
+
+`quantize_aware_train` inserts fake-quant layers into a copy of a trained dygraph YOLOv3
+(`paddleslim.QAT`: per-channel weight scales, moving-average activation scales, onnx_format so
+the exported program carries quantize/dequantize ops with their scales and int8-stored weights,
+like PTQ's), fine-tunes it for a few epochs with the project's training pieces (`compress.train.Trainer`,
+`compress.loss.YOLOv3Loss`, `compress.transforms`) and exports the quantized inference program
+with the same decoding and NMS as `compress.export.export_inference`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import paddle
+import paddle.nn as nn
+
+from edge_sdk.data.dataset import Dataset
+from edge_sdk.errors import DataError
+from edge_sdk.manifest import Postprocess
+
+WEIGHT_QUANTIZE_TYPES = ("channel_wise_abs_max", "abs_max")
+ACTIVATION_QUANTIZE_TYPES = ("moving_average_abs_max", "range_abs_max", "abs_max")
+
+
+def _f(default: Any, **meta: Any) -> Any:
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class QATSection:
+    """The recipe's `qat` section. epochs: fine-tuning epochs; lr: constant after `warmup_steps` linear
+    steps (a fraction of the training lr: the model is already trained); batch_size: images per step."""
+
+    epochs: int = _f(3, minimum=1)
+    lr: float = _f(0.0001, minimum=0.0)
+    warmup_steps: int = _f(20, minimum=0)
+    batch_size: int = _f(8, minimum=1)
+    momentum: float = _f(0.9, minimum=0.0, maximum=1.0)
+    weight_decay: float = _f(0.0005, minimum=0.0)
+    weight_quantize_type: str = _f("channel_wise_abs_max", choices=WEIGHT_QUANTIZE_TYPES)
+    activation_quantize_type: str = _f("moving_average_abs_max", choices=ACTIVATION_QUANTIZE_TYPES)
+    max_boxes: int = _f(50, minimum=1)
+    seed: int = 0
+
+
+@dataclass
+class QATResult:
+    """model_dir: the exported INT8 program (model.pdmodel + model.pdiparams); history: loss per epoch."""
+
+    model_dir: Path
+    history: List[Dict[str, float]]
+
+
+def qat_config(section: QATSection) -> Dict[str, Any]:
+    """PaddleSlim QAT config for `section` (8-bit weights and activations, onnx_format)."""
+    return {
+        "weight_quantize_type": section.weight_quantize_type,
+        "activation_quantize_type": section.activation_quantize_type,
+        "weight_bits": 8,
+        "activation_bits": 8,
+        "quantizable_layer_type": ["Conv2D", "Linear"],
+        "onnx_format": True,
+    }
+
+
+def quantize_aware_train(
+    net: nn.Layer,
+    train_set: Dataset,
+    input_size: int,
+    out_dir: Union[str, Path],
+    section: QATSection = QATSection(),
+    postprocess: Optional[Postprocess] = None,
+    progress: bool = True,
+    on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None,
+) -> QATResult:
+    """Fine-tune a fake-quantized copy of `net` (a trained compress.models.YOLOv3, left untouched) on
+    `train_set` at input_size x input_size and export it to out_dir (written atomically).
+
+    Returns the folder and the mean losses of each epoch. Raises DataError when the training set has
+    no full batch.
+    """
+    from paddleslim import QAT
+
+    from calibration.ptq import replace_dir
+    from compress.export import InferenceModel
+    from compress.loss import YOLOv3Loss
+    from compress.train import Trainer
+    from compress.transforms import DetectionDataset, MultiScaleBatchSampler, make_loader
+
+    out_dir = Path(out_dir)
+    paddle.seed(section.seed)
+    model = copy.deepcopy(net)
+    quanter = QAT(config=qat_config(section))
+    quanter.quantize(model)
+    loss_fn = YOLOv3Loss(model.num_classes, model.anchors, model.anchor_masks, model.downsample_ratios)
+    optimizer = paddle.optimizer.Momentum(
+        learning_rate=section.lr,
+        momentum=section.momentum,
+        parameters=model.parameters(),
+        weight_decay=paddle.regularizer.L2Decay(section.weight_decay) if section.weight_decay else None,
+    )
+    trainer = Trainer(model, loss_fn, optimizer)
+    dataset = DetectionDataset(train_set.images, input_size, None, section.max_boxes, section.seed)
+    sampler = MultiScaleBatchSampler(dataset, section.batch_size, [input_size], section.seed, True, True)
+    if len(sampler) == 0:
+        raise DataError("QAT: the training set has no full batch of {} images".format(section.batch_size))
+    loader = make_loader(dataset, sampler, 0)
+    history: List[Dict[str, float]] = []
+    step = 0
+    with _bar(progress, section.epochs * len(sampler)) as advance:
+        for epoch in range(section.epochs):
+            model.train()
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            sums: Dict[str, float] = {}
+            for batch in loader:
+                warm = min(1.0, (step + 1) / section.warmup_steps) if section.warmup_steps else 1.0
+                optimizer.set_lr(section.lr * warm)
+                losses = trainer.micro_batch(batch)
+                trainer.step()
+                step += 1
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise DataError(
+                        "QAT: the loss became {} at epoch {}: lower qat.lr".format(losses["loss"], epoch + 1)
+                    )
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                advance()
+            record = {key: value / len(sampler) for key, value in sums.items()}
+            history.append(record)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, record)
+
+    model.eval()
+    wrapper = InferenceModel(model, postprocess)
+    wrapper.eval()
+    specs = [
+        paddle.static.InputSpec([None, 3, input_size, input_size], "float32", "image"),
+        paddle.static.InputSpec([None, 2], "float32", "im_shape"),
+        paddle.static.InputSpec([None, 2], "float32", "scale_factor"),
+    ]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".{}.tmp-".format(out_dir.name), dir=str(out_dir.parent)))
+    try:
+        static_model = paddle.jit.to_static(wrapper, input_spec=specs, full_graph=True)
+        quanter.save_quantized_model(static_model, str(tmp_dir / "model"), input_spec=specs)
+        tmp_dir.chmod(0o755)
+        return QATResult(replace_dir(tmp_dir, out_dir), history)
+    except BaseException:
+        shutil.rmtree(str(tmp_dir), ignore_errors=True)
+        raise
+
+
+class _bar:
+    """A rich progress bar over QAT iterations (or nothing); `with _bar(...) as advance: advance()`."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+        self.progress: Any = None
+
+    def __enter__(self) -> Callable[[], None]:
+        if not self.enabled:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("QAT fine-tuning"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self.progress.start()
+        task = self.progress.add_task("qat", total=self.total)
+        return lambda: self.progress.advance(task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
