@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -18,6 +17,7 @@ import paddle.nn as nn
 
 from compress.prune import DEFAULT_RATIOS, ChannelPruner
 from edge_sdk.errors import DataError
+from edge_sdk.fileio import atomic_write_text, fsync_and_replace, temp_path_for
 
 CACHE_VERSION = 1
 Sensitivities = Dict[str, Dict[float, float]]
@@ -63,12 +63,7 @@ def _read_cache(path: Path) -> Dict[str, Any]:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".{}.tmp-{}".format(path.name, os.getpid()))
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _as_float_keys(losses: Mapping[str, float]) -> Dict[float, float]:
@@ -165,12 +160,10 @@ def plot_sensitivities(
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.legend(fontsize=5, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=1 + len(sensitivities) // 40)
     fig.tight_layout()
-    tmp = path.with_name(".{}.tmp-{}.png".format(path.stem, os.getpid()))
+    tmp = temp_path_for(path)
     fig.savefig(str(tmp), dpi=90)
     plt.close(fig)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    fsync_and_replace(tmp, path)
     return path
 
 

@@ -12,10 +12,10 @@ import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 from typing import List, Optional, Sequence
 
 from edge_sdk.errors import InstallError
+from edge_sdk.fileio import atomic_write_text
 
 UNIT_NAME = "edge-sdk.service"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
@@ -68,16 +68,11 @@ def render_unit(
 def install_unit(text: str, unit_dir: str = DEFAULT_UNIT_DIR, enable: bool = True) -> List[str]:
     """Write `text` as unit_dir/edge-sdk.service atomically; with enable, reload systemd and
     enable --now the service. Returns the messages to show the user."""
+    path = os.path.join(unit_dir, UNIT_NAME)
     try:
         os.makedirs(unit_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".edge-sdk.", dir=unit_dir)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        path = os.path.join(unit_dir, UNIT_NAME)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
+        os.chmod(path, 0o644)
     except OSError as exc:
         raise InstallError(
             "cannot write the unit to {}: {} (run with sudo?)".format(unit_dir, exc.strerror or exc)

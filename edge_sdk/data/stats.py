@@ -7,8 +7,8 @@ from typing import Dict, List, Optional, Union
 
 import numpy as np
 
-from edge_sdk.data._io import fsync_and_replace, temp_path_for
 from edge_sdk.data.dataset import Dataset
+from edge_sdk.fileio import fsync_and_replace, temp_path_for
 
 PERCENTILES = (5, 25, 50, 75, 95)
 

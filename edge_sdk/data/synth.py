@@ -31,8 +31,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edge_sdk.data._io import atomic_write_bytes
 from edge_sdk.errors import DataError
+from edge_sdk.fileio import atomic_write_bytes
 
 CLASSES = ("missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper")
 MISSING_HOLE, MOUSE_BITE, OPEN_CIRCUIT, SHORT, SPUR, SPURIOUS_COPPER = range(len(CLASSES))

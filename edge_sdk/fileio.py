@@ -1,4 +1,5 @@
-"""Atomic file writes for the data area: temp name in the same folder, fsync, os.replace."""
+"""Atomic file writes: a temp name in the same folder, fsync, os.replace. Readers see the old file
+or the whole new one, never half of it (a power cut included)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
             tmp.unlink()
         raise
     return path
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+    """`atomic_write_bytes` of `text` encoded as UTF-8."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def temp_path_for(path: Union[str, Path]) -> Path:
