@@ -27,6 +27,7 @@ import numpy as np
 from calibration.config import PTQ_ALGOS
 from edge_sdk.data.dataset import ImageRecord
 from edge_sdk.errors import DataError, RecipeError
+from edge_sdk.fileio import fsync_dir
 from edge_sdk.manifest import InputSpec
 
 PROGRAM_FILE = "model.pdmodel"
@@ -217,16 +218,7 @@ def replace_dir(tmp_dir: Path, out_dir: Path) -> Path:
     if out_dir.exists():
         shutil.rmtree(str(out_dir))
     os.replace(str(tmp_dir), str(out_dir))
-    try:
-        fd = os.open(str(out_dir.parent), os.O_RDONLY)
-    except OSError:
-        return out_dir
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(out_dir.parent)
     return out_dir
 
 

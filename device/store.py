@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from edge_sdk.errors import InstallError
+from edge_sdk.fileio import fsync_dir, fsync_tree
 
 DEFAULT_ROOT = "/var/lib/edge-sdk"
 BUNDLES = "bundles"
@@ -91,27 +92,6 @@ def now_iso() -> str:
 
 
 # ----------------------------------------------------------------------------- durable writes
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a folder's entries (creations, renames, removals) durable."""
-    fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(top: Path) -> None:
-    """fsync every file and folder under `top` (folders after their contents), then `top`."""
-    for dirpath, _dirnames, filenames in os.walk(str(top), topdown=False):
-        for filename in filenames:
-            fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
 
 
 def atomic_write(path: Path, data: bytes, point: str) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from edge_sdk.errors import BundleError, IntegrityError, ManifestError, SignatureError, UnsafeArchiveError
+from edge_sdk.fileio import fsync_dir
 from edge_sdk.manifest import (  # re-exported: the bundle module is where users meet the manifest
     FileEntry,
     InputSpec,
@@ -560,19 +561,6 @@ def _load_signing_key(signing_key: Any) -> Any:
     raise BundleError("signing_key must be a private key file path, got {}".format(type(signing_key).__name__))
 
 
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_bundle(
     out_path: PathLike,
     manifest: Manifest,
@@ -641,7 +629,7 @@ def write_bundle(
         if tmp.exists():
             tmp.unlink()
         raise
-    _fsync_folder(out.parent)
+    fsync_dir(out.parent)
     return out
 
 

@@ -3,6 +3,7 @@ or the whole new one, never half of it (a power cut included)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Union
@@ -22,6 +23,7 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
         if tmp.exists():
             tmp.unlink()
         raise
+    fsync_dir(path.parent)
     return path
 
 
@@ -41,3 +43,29 @@ def fsync_and_replace(tmp: Path, path: Path) -> None:
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+
+
+def fsync_dir(folder: Union[str, Path]) -> None:
+    """Make a folder's entries (creations, renames, removals) durable. Filesystems that cannot
+    fsync a folder (EINVAL, ENOTSUP) are accepted; any other error is raised."""
+    fd = os.open(str(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(top: Union[str, Path]) -> None:
+    """fsync every file and folder under `top` (folders after their contents), then `top`."""
+    for dirpath, _dirnames, filenames in os.walk(str(top), topdown=False):
+        for filename in filenames:
+            fd = os.open(os.path.join(dirpath, filename), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(dirpath)
