@@ -16,15 +16,8 @@ from /etc/nv_tegra_release and the compute capability from the Tegra SoC in
 /proc/device-tree/compatible; a machine that is neither refuses installs with a message saying
 how to write robot.json.
 
-Golden data in a bundle (optional; the golden check is skipped with a warning without it):
-`calibration/golden.json` is a list with one entry per image, boxes in source-image pixels::
-
-    [{"image": "calibration/golden/0.png", "boxes": [[x1, y1, x2, y2], ...],
-      "scores": [...], "class_ids": [...]}]
-
-or an object {"score_threshold": 0.3, "images": [<the same entries>]} naming the threshold the
-workstation's detections were cut at (default: the manifest's postprocess.score_threshold).
-`golden_files` builds these members from images and detections.
+Golden images in a bundle (optional; the golden check is skipped with a warning without them):
+see `device.golden` for the format and the comparison.
 
 `python -m device.install FILE --root DIR ...` is a small entry point without the CLI (used by
 the power-cut tests, where start-up time matters).
@@ -56,8 +49,6 @@ from device.store import (
 )
 from edge_sdk.errors import BundleError, EdgeSdkError, InstallError
 
-GOLDEN_JSON = "calibration/golden.json"
-GOLDEN_DIR = "calibration/golden"
 DEFAULT_KEEP = 3
 DEFAULT_FPS_FRAMES = 10
 PUBLIC_KEY_SUFFIXES = (".pem", ".pub")  # as edge_sdk.signing (not imported: it needs cryptography)
@@ -301,80 +292,11 @@ class HealthSettings:
     device: str = "auto"
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def compare_detections(
-    golden: Dict[str, Any], robot: Any, threshold: float, settings: HealthSettings
-) -> Tuple[int, int, int]:
-    """Match one image's robot Detections against its golden entry (greedy by golden score).
-
-    Returns (matched, unmatched, counted): unmatched boxes on either side whose score is not
-    within score_tolerance of `threshold` (borderline boxes may flip either way).
-    """
-    g_boxes = [list(map(float, b)) for b in golden.get("boxes", [])]
-    g_scores = [float(s) for s in golden.get("scores", [])]
-    g_classes = [int(c) for c in golden.get("class_ids", [])]
-    r_boxes = robot.boxes.tolist()
-    r_scores = robot.scores.tolist()
-    r_classes = robot.class_ids.tolist()
-    used = set()
-    matched = 0
-    unmatched = 0
-    for gi in sorted(range(len(g_boxes)), key=lambda i: -g_scores[i]):
-        best, best_iou = None, settings.iou
-        for ri in range(len(r_boxes)):
-            if (
-                ri in used
-                or r_classes[ri] != g_classes[gi]
-                or abs(r_scores[ri] - g_scores[gi]) > settings.score_tolerance
-            ):
-                continue
-            overlap = _iou(g_boxes[gi], r_boxes[ri])
-            if overlap >= best_iou:
-                best, best_iou = ri, overlap
-        if best is None:
-            if g_scores[gi] >= threshold + settings.score_tolerance:
-                unmatched += 1
-        else:
-            used.add(best)
-            matched += 1
-    for ri in range(len(r_boxes)):
-        if ri not in used and r_scores[ri] >= threshold + settings.score_tolerance:
-            unmatched += 1
-    return matched, unmatched, matched + unmatched
-
-
-def _load_golden(bundle: Any) -> Optional[Tuple[float, List[Dict[str, Any]]]]:
-    if bundle.manifest.file(GOLDEN_JSON) is None:
-        return None
-    try:
-        doc = json.loads(bundle.path_of(GOLDEN_JSON).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InstallError("{} is not valid JSON: {}".format(GOLDEN_JSON, exc)) from None
-    threshold = bundle.manifest.postprocess.score_threshold
-    if isinstance(doc, dict):
-        threshold = float(doc.get("score_threshold", threshold))
-        doc = doc.get("images")
-    if not isinstance(doc, list) or not all(isinstance(e, dict) and isinstance(e.get("image"), str) for e in doc):
-        raise InstallError('{} must list {{"image", "boxes", "scores", "class_ids"}} entries'.format(GOLDEN_JSON))
-    for entry in doc:
-        lengths = {len(entry.get(k, [])) for k in ("boxes", "scores", "class_ids")}
-        if len(lengths) != 1:
-            raise InstallError(
-                "{}: entry {} has boxes, scores and class_ids of different lengths".format(GOLDEN_JSON, entry["image"])
-            )
-    return threshold, doc
-
-
 def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> HealthReport:
     """Load the bundle in Detector, compare golden images, measure FPS. Never raises for a bad model."""
     import numpy as np
+
+    from device.golden import GOLDEN_JSON, check_golden, load_golden, read_golden_image
 
     report = HealthReport()
     try:
@@ -384,7 +306,7 @@ def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> He
     except EdgeSdkError as exc:
         return report.fail("files", str(exc))
     try:
-        golden = _load_golden(bundle)
+        golden = load_golden(bundle)
     except EdgeSdkError as exc:
         return report.fail("golden", str(exc))
 
@@ -403,25 +325,21 @@ def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> He
             report.warnings.append("bundle has no {}: golden check skipped".format(GOLDEN_JSON))
             report.checks["golden"] = "skipped (no golden images)"
         else:
-            threshold, entries = golden
-            from device.pipeline import source_image
-
-            matched = unmatched = counted = 0
-            for entry in entries:
-                try:
-                    image = source_image(bundle.path_of(entry["image"]))
-                except EdgeSdkError as exc:
-                    return report.fail("golden", "golden image {}: {}".format(entry["image"], exc))
-                sample = image if sample is None else sample
-                robot = detector.detect(image, score_threshold=max(0.0, threshold - settings.score_tolerance))
-                m, u, c = compare_detections(entry, robot, threshold, settings)
-                matched, unmatched, counted = matched + m, unmatched + u, counted + c
+            try:
+                results = check_golden(detector, bundle, golden, settings.iou, settings.score_tolerance)
+                sample = read_golden_image(bundle, golden.entries[0]) if golden.entries else None
+            except BundleError as exc:
+                return report.fail("golden", str(exc))
+            matched = sum(r.matched for r in results)
+            unmatched = sum(r.unmatched for r in results)
+            counted = sum(r.counted for r in results)
             fraction = unmatched / counted if counted else 0.0
             summary = "{} images, {} boxes matched, {} unmatched ({:.0%}, allowed {:.0%})".format(
-                len(entries), matched, unmatched, fraction, settings.max_miss_fraction
+                len(results), matched, unmatched, fraction, settings.max_miss_fraction
             )
             if fraction > settings.max_miss_fraction:
-                return report.fail("golden", "golden check failed: " + summary)
+                problems = ["; {}: {}".format(r.image, p) for r in results for p in r.problems]
+                return report.fail("golden", "golden check failed: " + summary + "".join(problems[:1]))
             report.checks["golden"] = "ok: " + summary
         log("health: golden check done")
         if sample is None:
@@ -484,36 +402,6 @@ def health_check_isolated(folder: Path, settings: HealthSettings, timeout: float
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:300]
-
-
-def golden_files(
-    samples: Sequence[Tuple[Any, Any]], score_threshold: Optional[float] = None, ext: str = ".png"
-) -> Dict[str, bytes]:
-    """Bundle members for the golden check from (image_bgr (H,W,3) uint8, Detections) pairs.
-
-    Returns {"calibration/golden/0.png": ..., "calibration/golden.json": ...} for write_bundle.
-    """
-    import cv2
-
-    files = {}  # type: Dict[str, bytes]
-    entries = []
-    for index, (image, detections) in enumerate(samples):
-        name = "{}/{}{}".format(GOLDEN_DIR, index, ext)
-        ok, encoded = cv2.imencode(ext, image)
-        if not ok:
-            raise InstallError("cannot encode golden image {}".format(index))
-        files[name] = encoded.tobytes()
-        entries.append(
-            {
-                "image": name,
-                "boxes": [[round(float(v), 3) for v in box] for box in detections.boxes.tolist()],
-                "scores": [round(float(s), 5) for s in detections.scores.tolist()],
-                "class_ids": [int(c) for c in detections.class_ids.tolist()],
-            }
-        )
-    doc = entries if score_threshold is None else {"score_threshold": float(score_threshold), "images": entries}
-    files[GOLDEN_JSON] = (json.dumps(doc, indent=1) + "\n").encode("utf-8")
-    return files
 
 
 # ----------------------------------------------------------------------------- install

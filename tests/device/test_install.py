@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from device.golden import golden_files
 from device.install import (
     HealthSettings,
     InstalledBundle,
-    compare_detections,
-    golden_files,
     install_bundle,
     list_versions,
     version_key,
@@ -226,7 +225,7 @@ def test_same_bundle_again_is_a_no_op(made, store):
 
 
 HEALTH_FAILURES = [
-    ("bad_golden", (), "golden check failed"),
+    ("bad_golden", (), r"golden check failed: 2 images, .* unmatched .*: (missing|extra) class"),
     # Paddle 2.6 segfaults on a garbage program: the isolated health check turns that into a failure.
     ("bad_model", (), "the model (does not load|crashed the health check)"),
     ("v3", ("--min-fps", "1000000"), r"below the minimum 1e\+06"),
@@ -304,19 +303,3 @@ def test_version_order():
     assert version_key("0.10.0") > version_key("0.9.1") > version_key("0.9")
     assert version_key("1.0.0") > version_key("1.0.0rc1")
     assert version_key("1.0") == version_key("1.0.0")
-
-
-def test_golden_comparison_tolerances():
-    golden = {"boxes": [[10, 10, 50, 50], [60, 60, 90, 90]], "scores": [0.9, 0.32], "class_ids": [1, 2]}
-    settings = HealthSettings()
-
-    def dets(boxes, scores, classes):
-        return Detections(
-            np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32), np.array(classes, np.int32)
-        )
-
-    # Same first box slightly moved (IoU > 0.9), borderline second box (0.32 < 0.3 + 0.05) missing: agrees.
-    assert compare_detections(golden, dets([[10.5, 10, 50, 50]], [0.88], [1]), 0.3, settings) == (1, 0, 1)
-    # Wrong class, or a score off by more than 0.05: unmatched.
-    assert compare_detections(golden, dets([[10, 10, 50, 50]], [0.9], [3]), 0.3, settings)[1] == 2
-    assert compare_detections(golden, dets([[10, 10, 50, 50]], [0.8], [1]), 0.3, settings)[1] == 2
