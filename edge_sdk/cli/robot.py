@@ -22,8 +22,10 @@ def doctor(
         False, "--skip-paddle", help="Do not import Paddle (faster; skips Paddle/GPU checks)."
     ),
 ) -> None:
-    """Check Python, Paddle (CUDA, TensorRT, kernels for the GPU), JetPack/L4T, cameras, serial ports,
-    the engine cache, disk and power mode; print a fix for every problem. Exits 1 if any check fails."""
+    """Check the robot and print a fix for every problem; exits 1 if any check fails.
+
+    Checks Python, Paddle (CUDA, TensorRT, kernels for the GPU), JetPack/L4T, cameras, serial ports
+    and dialout membership, the engine cache folder, free disk and the power mode."""
     from device.doctor import DEFAULT_ENGINE_CACHE, FAIL, OK, WARN, diagnose, probe_machine
 
     checks = diagnose(probe_machine(root, engine_cache or DEFAULT_ENGINE_CACHE, with_paddle=not skip_paddle))
