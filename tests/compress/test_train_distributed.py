@@ -1,0 +1,130 @@
+"""Data-parallel training: the relaunch command (pure), and two CPU processes (gloo) in lock-step.
+
+Run as a script by paddle.distributed.launch, this file is the worker of the two-process test.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_launch_command_for_gpus() -> None:
+    from edge_sdk.cli.compress import launch_command
+
+    argv = ["compress", "recipes/demo.yml", "--gpus", "0,1,2,3", "--data", "d", "--resume"]
+    command = launch_command("0,1,2,3", argv, python="/usr/bin/python3", log_dir="w/logs")
+    entry = str(REPO / "compress" / "distributed.py")
+    assert command == [
+        "/usr/bin/python3", "-m", "paddle.distributed.launch", "--devices", "0,1,2,3", "--log_dir", "w/logs",
+        entry, "compress", "recipes/demo.yml", "--data", "d", "--resume",
+    ]  # fmt: skip
+    assert "--gpus" not in launch_command("0, 1", ["compress", "r.yml", "--gpus=0,1"])
+    assert launch_command("0, 1", ["compress", "r.yml"])[3:5] == ["--devices", "0,1"]
+
+
+def test_launch_command_for_cpu_processes_omits_devices() -> None:
+    from edge_sdk.cli.compress import launch_command
+
+    command = launch_command("cpu:2", ["compress", "r.yml", "--gpus", "cpu:2"])
+    assert "--devices" not in command
+    assert command[3:5] == ["--nproc_per_node", "2"]
+    for bad in ("", "a,b", "cpu:0", "cpu:x"):
+        with pytest.raises(ValueError):
+            launch_command(bad, [])
+
+
+def test_gpus_option_rejects_bad_ids(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_sdk", "compress", str(REPO / "recipes" / "demo.yml"), "--gpus", "zero"],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --gpus expects device ids")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
+    """One optimizer step on each of 2 CPU ranks (gloo all-reduce): parameters equal, data different.
+
+    BatchNorm running statistics are per rank (plain BatchNorm, as PaddleDetection without
+    sync_bn): rank 0's are the ones checkpointed. So only parameters are compared.
+    """
+    import numpy as np
+
+    import edge_sdk  # noqa: F401
+    from edge_sdk.data.synth import synthesize
+
+    synthesize(tmp_path / "data", 10, 5, size=(96, 96), progress=False)  # 8 train images: 4 per rank
+    command = [
+        sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir", str(tmp_path / "logs"),
+        __file__, str(tmp_path / "data"), str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=220, env=env, cwd=str(tmp_path))
+    logs = "".join(p.read_text(errors="replace") for p in sorted((tmp_path / "logs").glob("*")) if p.is_file())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs[-3000:]
+    ranks = [np.load(str(tmp_path / "out" / "rank{}.npz".format(r))) for r in (0, 1)]
+    assert set(ranks[0].files) == set(ranks[1].files)
+    weights = [k for k in ranks[0].files if k.startswith("w:")]
+    assert len(weights) > 50
+    changed = 0
+    for key in weights:
+        np.testing.assert_allclose(ranks[0][key], ranks[1][key], rtol=1e-6, atol=1e-7, err_msg=key)
+        changed += not np.allclose(ranks[0][key], ranks[0]["init:" + key[2:]])
+    assert changed > 10
+    assert float(ranks[0]["loss"]) != float(ranks[1]["loss"])  # each rank trained on its own images
+
+
+def _worker(data_dir: str, out_dir: str) -> None:
+    import numpy as np
+    import paddle
+
+    import edge_sdk  # noqa: F401
+    from compress.recipe import recipe_from_dict
+    from compress.train import train
+
+    recipe = recipe_from_dict(
+        {
+            "model": {"arch": "mobilenet_v1", "width": 0.125, "input_size": 64},
+            "data": {"path": "synthetic"},
+            "train": {
+                "epochs": 1, "batch_size": 4, "optimizer": "momentum", "lr": 0.05, "warmup_steps": 0,
+                "schedule": "piecewise", "milestones": [], "ema": False, "amp": False, "num_workers": 0,
+                "augment": {"distort": False, "expand": False, "crop": False, "flip": False},
+            },
+        }
+    )  # fmt: skip
+    rank = paddle.distributed.get_rank()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+
+    def on_epoch_end(epoch, net) -> None:
+        arrays.update({"w:" + k: v.numpy() for k, v in net.named_parameters() if not v.stop_gradient})
+
+    from compress.models import build_yolov3
+    from compress.train import set_objectness_prior
+
+    paddle.seed(recipe.train.seed)
+    initial = build_yolov3("mobilenet_v1", 6, 0.125)
+    set_objectness_prior(initial)
+    arrays.update({"init:" + k: v.numpy() for k, v in initial.state_dict().items()})
+    result = train(recipe, Path(data_dir), out / "train{}".format(rank), progress=False, on_epoch_end=on_epoch_end)
+    arrays["loss"] = np.array(result.history[-1]["loss"])
+    np.savez(str(out / "rank{}.npz".format(rank)), **arrays)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])
