@@ -1,9 +1,10 @@
-"""The compress stages driver: data -> train -> export, then the exported bundle measured and re-written
-with its metrics (mAP from the bundle run by device.pipeline.Detector, the code that ships).
+"""The compress driver: data, then the recipe's stages (compress.stages: train -> prune -> distill -> int8,
+each cached in WORKDIR/<stage>/ and measured through device.pipeline.Detector, the code that ships), then
+export: the last stage's bundle re-written with every stage's metrics, and WORKDIR/report.md + stages.png.
 
-Workdir layout: data/ (synthetic data, when the recipe asks for it), train/ (checkpoints,
-metrics.jsonl, training.png), export/ (the unmeasured bundle), and the final bundle unless `out`
-says otherwise.
+Workdir layout: data/ (synthetic data, when the recipe asks for it), train/ (checkpoints, metrics.jsonl,
+training.png), prune/ (sensitivity.json/png, pruned.pdparams), distill/ (student.pdparams), int8/ (model/),
+each with its model.edgebundle and done.json, and the final bundle unless `out` says otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class CompressResult:
     metrics: List[Any] = field(default_factory=list)
     history: List[Dict[str, Any]] = field(default_factory=list)
     per_class: List[Dict[str, Any]] = field(default_factory=list)
+    report: Optional[Path] = None
 
 
 def prepare_data(recipe: Recipe, workdir: Path, data_dir: Optional[Path] = None, progress: bool = True) -> Path:
@@ -133,54 +135,75 @@ def run(
     resume: bool = False,
     progress: bool = True,
     log: Any = print,
+    stages: Optional[List[str]] = None,
 ) -> Optional[CompressResult]:
-    """Run the recipe's stages; returns None on data-parallel ranks other than 0 (they only train)."""
+    """Run the recipe's stages (or the subset `stages`), each cached in WORKDIR/<stage>/ (compress.stages);
+    the export stage writes the final bundle with every stage's metrics and WORKDIR/report.md.
+
+    Returns None on data-parallel ranks other than 0 (they only train).
+    """
     import paddle
 
-    from compress.export import count_params, export_bundle, model_flops
-    from compress.train import _postprocess_of, load_datasets, load_trained, train
-    from edge_sdk.manifest import Provenance, StageMetrics
+    from compress.compression_report import write_report
+    from compress.stages import StageStore, make_context, run_stages, stage_key, validate_stages
+    from compress.train import train
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    chosen = validate_stages(stages) if stages is not None else list(recipe.stages)
     rank = paddle.distributed.get_rank()
-    if rank == 0:
-        data = prepare_data(recipe, workdir, data_dir, progress)
-    else:
-        data = _wait_for_data(recipe, workdir, data_dir)
-    result = train(recipe, data, workdir / "train", resume=resume, progress=progress)
     if rank != 0:
+        data = _wait_for_data(recipe, workdir, data_dir)
+        ctx = make_context(recipe, workdir, data, progress=False, log=log, resume=resume, prepared=True)
+        done = StageStore(workdir).read("train")
+        if "train" in chosen and (done is None or done.key != stage_key("train", recipe, "", ctx.data_sha256)):
+            train(recipe, data, workdir / "train", resume=resume, progress=False)
         return None
-    if "export" not in recipe.stages:
-        return CompressResult(bundle=result.best_checkpoint, history=result.history)
-
-    _, val_set = load_datasets(recipe, data)
-    net = load_trained(result.best_checkpoint)
-    size = recipe.model.input_size
-    classes = list(val_set.classes)
+    ctx = make_context(recipe, workdir, data_dir, progress=progress, log=log, resume=resume)
+    result = run_stages(ctx, recipe.stages, chosen)
+    metrics = [record.stage_metrics() for record in result.records]
+    last = result.records[-1]
+    per_class = list(last.info.get("per_class") or [])
+    history = _read_history(workdir / "train" / "metrics.jsonl")
+    if "export" not in chosen:
+        return CompressResult(
+            bundle=last.path(workdir, "bundle"), metrics=metrics, history=history, per_class=per_class
+        )
     name, version = recipe.output.name, recipe.output.version
     out = Path(out) if out is not None else workdir / "{}-{}.edgebundle".format(name, version)
-    provenance = Provenance(
-        dataset_sha256=_sha256_files([data / recipe.data.train, data / recipe.data.val]), recipe_sha256=recipe.sha256
+    log(
+        "writing {} (from the {} stage) with the metrics of {}".format(
+            out, last.stage, ", ".join(m.stage for m in metrics)
+        )
     )
-    postprocess = _postprocess_of(recipe)
-    log("exporting and measuring the bundle on {} val images".format(len(val_set)))
-    draft = export_bundle(
-        net, classes, (size, size), workdir / "export" / out.name, name, version, postprocess, (), provenance
-    )
-    measured = measure_bundle(draft, val_set)
-    stage = StageMetrics(
-        stage="train",
-        map50=measured["map50"],
-        map=measured["map"],
-        flops=float(model_flops(net, (size, size))),
-        params=float(count_params(net)),
-        bytes=float(measured["bytes"]),
-        latency_ms=measured["latency_ms"],
-    )
-    bundle = with_metrics(draft, out, (stage,))
-    draft.unlink()
-    return CompressResult(bundle=bundle, metrics=[stage], history=result.history, per_class=measured["per_class"])
+    bundle = with_metrics(last.path(workdir, "bundle"), out, metrics)
+    notes = []
+    prune = next((r for r in result.records if r.stage == "prune"), None)
+    if prune is not None:
+        notes.append("pruned FLOPs: {:.3f} of the trained model's".format(prune.info.get("flops_ratio", float("nan"))))
+    int8 = next((r for r in result.records if r.stage == "int8"), None)
+    if int8 is not None:
+        quantization = int8.info.get("quantization", {})
+        notes.append(
+            "INT8 from the {} stage: {} ({}), {} calibration images, {} layer(s) kept in float".format(
+                int8.info.get("from"),
+                quantization.get("method"),
+                quantization.get("algo") or "-",
+                quantization.get("calibration_images"),
+                len(quantization.get("float_layers") or ()),
+            )
+        )
+    notes.append("stages computed in this run: {}".format(", ".join(result.ran) or "none (all reused)"))
+    report = write_report(workdir, metrics, bundle, notes)
+    log("report: {}".format(report))
+    return CompressResult(bundle=bundle, metrics=metrics, history=history, per_class=per_class, report=report)
+
+
+def _read_history(path: Path) -> List[Dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
 
 
 def with_metrics(draft: Path, out: Path, metrics: Any) -> Path:
@@ -212,20 +235,7 @@ def _wait_for_data(recipe: Recipe, workdir: Path, data_dir: Optional[Path], time
 
 
 def summary_rows(result: CompressResult) -> List[List[str]]:
-    """[stage, mAP@.5, mAP, GFLOPs, params (M), MB, CPU ms] rows of the bundle's metrics, as text."""
+    """[stage, mAP@.5, mAP, GFLOPs, params (M), bundle MB, CPU ms] rows of the bundle's metrics, as text."""
+    from compress.compression_report import metrics_rows
 
-    def fmt(value: Optional[float], scale: float = 1.0, digits: int = 3) -> str:
-        return "-" if value is None else "{:.{}f}".format(value / scale, digits)
-
-    return [
-        [
-            m.stage,
-            fmt(m.map50),
-            fmt(m.map),
-            fmt(m.flops, 1e9, 2),
-            fmt(m.params, 1e6, 2),
-            fmt(m.bytes, 1e6, 2),
-            fmt(m.latency_ms, 1.0, 1),
-        ]
-        for m in result.metrics
-    ]
+    return metrics_rows(result.metrics)

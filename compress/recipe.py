@@ -17,10 +17,14 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from calibration.config import Int8Section
+from compress.distill import DistillSection
+from compress.prune import PruneSection
+from compress.qat import QATSection
 from edge_sdk.errors import RecipeError
 
 ARCHS = ("mobilenet_v1", "darknet53", "mobilenet_v3_large")
-STAGES = ("train", "export")
+STAGES = ("train", "prune", "distill", "int8", "export")
 
 
 def _f(default: Any = MISSING, **meta: Any) -> Any:
@@ -140,11 +144,16 @@ class OutputSection:
 
 @dataclass(frozen=True)
 class Recipe:
-    """A whole recipe. stages: the compress stages to run, in order (train, export for now)."""
+    """A whole recipe. stages: the compress stages to run, in order (train, prune, distill, int8, export;
+    see compress.stages). prune / distill / int8 / qat: those stages' settings (qat: int8.fallback qat)."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    prune: PruneSection = field(default_factory=PruneSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    int8: Int8Section = field(default_factory=Int8Section)
+    qat: QATSection = field(default_factory=QATSection)
     export: ExportSection = field(default_factory=ExportSection)
     output: OutputSection = field(default_factory=OutputSection)
     stages: List[str] = _f(["train", "export"])
@@ -336,10 +345,24 @@ def _cross_check(recipe: Recipe) -> None:
         )
 
 
+def _check_compression(recipe: Recipe) -> None:
+    """Constraints of the prune / distill stages."""
+    prune = recipe.prune
+    if not prune.ratios:
+        raise RecipeError("prune.ratios: expected a non-empty list of ratios, got []")
+    if sorted(set(prune.ratios)) != list(prune.ratios):
+        raise RecipeError("prune.ratios: expected increasing ratios, got {!r}".format(list(prune.ratios)))
+    if "distill" in recipe.stages and "prune" not in recipe.stages:
+        raise RecipeError("stages: distill fine-tunes the pruned model, so it needs prune before it")
+    if "train" not in recipe.stages:
+        raise RecipeError("stages: expected train as the first stage, got {!r}".format(recipe.stages))
+
+
 def recipe_from_dict(data: Any, source: str = "", sha256: str = "") -> Recipe:
     """Validate a parsed YAML document; raises RecipeError naming the first bad field."""
     recipe = _load_section(Recipe, data, "")
     _cross_check(recipe)
+    _check_compression(recipe)
     return _replace(recipe, source=source, sha256=sha256)
 
 

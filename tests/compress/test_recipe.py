@@ -70,7 +70,10 @@ def test_workstation_recipes_use_gpu_settings() -> None:
         ({"train": {"milestones": [10, 5]}}, "train.milestones: expected increasing epochs"),
         ({"train": "fast"}, "train: expected a mapping of fields, got 'fast'"),
         ({"export": {"postprocess": {"nms_iou": "high"}}}, "export.postprocess.nms_iou: expected a number"),
-        ({"stages": ["train", "prune"]}, "stages[1]: expected one of train, export, got 'prune'"),
+        (
+            {"stages": ["train", "prnue"]},
+            "stages[1]: expected one of train, prune, distill, int8, export, got 'prnue' (did you mean 'prune'?)",
+        ),
         ({"data": {"size": [16, 16]}}, "data.size: expected [width, height] of at least 32 pixels"),
         ([1, 2], "recipe: expected a mapping of fields"),
     ],

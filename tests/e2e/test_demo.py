@@ -63,14 +63,14 @@ def test_compress_cli_writes_a_measured_bundle(tmp_path: Path) -> None:
         assert stage is not None
         assert stage.map50 is not None and 0.0 <= stage.map50 <= 1.0 and stage.map is not None
         assert stage.flops > 0 and stage.params > 1000 and stage.latency_ms > 0
-        assert stage.bytes == sum(f.size for f in manifest.files if f.path.startswith("model/"))
+        assert stage.bytes == (tmp_path / "work" / "train" / "model.edgebundle").stat().st_size
         assert len(manifest.provenance.recipe_sha256) == 64 and len(manifest.provenance.dataset_sha256) == 64
     work = tmp_path / "work" / "train"
     assert (
         (work / "best.pdparams").is_file() and (work / "metrics.jsonl").is_file() and (work / "training.png").is_file()
     )
     assert len((work / "metrics.jsonl").read_text().splitlines()) == 3
-    assert not list((tmp_path / "work" / "export").glob("*.edgebundle"))  # the unmeasured draft is gone
+    assert (tmp_path / "work" / "train" / "done.json").is_file() and (tmp_path / "work" / "report.md").is_file()
 
 
 def test_demo_and_compress_have_help() -> None:

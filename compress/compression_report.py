@@ -1,0 +1,102 @@
+"""WORKDIR/report.md: the per-stage table (accuracy, cost, size, CPU latency) and its plots (stages.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+COLUMNS = ("stage", "mAP@.5", "mAP", "GFLOPs", "params (M)", "bundle MB", "CPU ms")
+
+
+def _fmt(value: Optional[float], scale: float = 1.0, digits: int = 3) -> str:
+    return "-" if value is None else "{:.{}f}".format(value / scale, digits)
+
+
+def metrics_rows(metrics: Sequence[Any]) -> List[List[str]]:
+    """One text row per StageMetrics, in COLUMNS order."""
+    return [
+        [
+            m.stage,
+            _fmt(m.map50),
+            _fmt(m.map),
+            _fmt(m.flops, 1e9, 3),
+            _fmt(m.params, 1e6, 3),
+            _fmt(m.bytes, 1e6, 3),
+            _fmt(m.latency_ms, 1.0, 1),
+        ]
+        for m in metrics
+    ]
+
+
+def plot_stages(metrics: Sequence[Any], path: Path) -> Path:
+    """Three panels per stage: mAP@.5 against bundle MB, mAP@.5 against CPU ms, GFLOPs bars (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edge_sdk.fileio import temp_path_for
+
+    path = Path(path)
+    names = [m.stage for m in metrics]
+    map50 = [m.map50 or 0.0 for m in metrics]
+    fig, (ax_size, ax_latency, ax_flops) = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, values, label in (
+        (ax_size, [(m.bytes or 0.0) / 1e6 for m in metrics], "bundle size (MB)"),
+        (ax_latency, [m.latency_ms or 0.0 for m in metrics], "CPU latency (ms, Paddle Inference)"),
+    ):
+        ax.plot(values, map50, "-o")
+        for name, x, y in zip(names, values, map50):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.set_xlabel(label)
+        ax.set_ylabel("val mAP@.5")
+        ax.grid(True, alpha=0.3)
+    ax_flops.bar(names, [(m.flops or 0.0) / 1e9 for m in metrics])
+    ax_flops.set_ylabel("GFLOPs")
+    ax_flops.set_title("compute per stage")
+    fig.suptitle("accuracy vs size vs latency per compression stage")
+    fig.tight_layout()
+    tmp = temp_path_for(path)
+    fig.savefig(str(tmp), dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_report(workdir: Path, metrics: Sequence[Any], bundle: Path, notes: Sequence[str] = ()) -> Path:
+    """WORKDIR/report.md with the stage table, ratios to the train stage, notes and stages.png."""
+    from edge_sdk.fileio import atomic_write_text
+
+    workdir = Path(workdir)
+    plot = plot_stages(metrics, workdir / "stages.png")
+    lines = ["# Compression report", "", "Bundle: `{}`".format(bundle), ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for row in metrics_rows(metrics):
+        lines.append("| " + " | ".join(row) + " |")
+    base = metrics[0] if metrics else None
+    if base is not None and len(metrics) > 1:
+        lines += ["", "Relative to `{}`:".format(base.stage), ""]
+        lines.append("| stage | mAP@.5 | FLOPs | bundle bytes | CPU latency |")
+        lines.append("|---|---|---|---|---|")
+        for m in metrics[1:]:
+            lines.append(
+                "| {} | {} | {} | {} | {} |".format(
+                    m.stage,
+                    _ratio(m.map50, base.map50),
+                    _ratio(m.flops, base.flops),
+                    _ratio(m.bytes, base.bytes),
+                    _ratio(m.latency_ms, base.latency_ms),
+                )
+            )
+    lines += ["", "mAP on the val set through device.pipeline.Detector (Paddle Inference, CPU); latency = median"]
+    lines += ["per image including pre- and postprocessing; bytes = the stage's .edgebundle file.", ""]
+    lines += ["- " + note for note in notes]
+    lines += ["", "![stages]({})".format(plot.name), ""]
+    return atomic_write_text(workdir / "report.md", "\n".join(lines))
+
+
+def _ratio(value: Optional[float], base: Optional[float]) -> str:
+    if value is None or not base:
+        return "-"
+    return "{:.3f}".format(value / base)

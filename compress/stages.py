@@ -1,0 +1,506 @@
+"""The compression stages after training, each cached on disk: train -> prune -> distill -> int8 -> export.
+
+Every stage writes its outputs under WORKDIR/<stage>/ and, last and atomically, WORKDIR/<stage>/done.json:
+the stage key, the sha256 of its outputs, its measured StageMetrics and a few facts (ratios, FLOPs,
+quantization). The key is the sha256 of (the stage's recipe sections, the previous stage's output sha256,
+the data sha256), so a re-run recomputes a stage only when one of those changed; a stage that is
+recomputed changes its output hash, which invalidates every later stage.
+
+Each stage is measured the way the robot runs it: its model exported as a bundle (WORKDIR/<stage>/
+model.edgebundle) and run through device.pipeline.Detector (Paddle Inference on the CPU) on the val set:
+mAP@.5, mAP, median latency; FLOPs and parameters from the dygraph model; bytes = the bundle file's size.
+
+Stages:
+- train: compress.train.train -> train/best.pdparams.
+- prune: sensitivity scan + per-group ratios reaching prune.flops_reduction (compress.prune.prune_model),
+  then prune.epochs of plain fine-tuning -> prune/pruned.pdparams.
+- distill: the pruned model fine-tuned distill.epochs with the trained (unpruned) model as teacher
+  -> distill/student.pdparams.
+- int8: PTQ of the last FP32 stage's bundle on a calibration set chosen from the training set, within
+  int8.budget_map50 (calibration.budget); with int8.fallback "qat", QAT when PTQ stays over budget. The
+  INT8 bundle carries golden detections of the FP32 bundle and the calibration set's sha256.
+- export: the last stage's bundle re-written with every stage's metrics (never cached: it is cheap).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from edge_sdk.errors import RecipeError
+
+STAGE_ORDER = ("train", "prune", "distill", "int8", "export")
+CACHED_STAGES = ("train", "prune", "distill", "int8")
+DONE_FILE = "done.json"
+BUNDLE_FILE = "model.edgebundle"
+CACHE_VERSION = 1
+FINETUNE_LR_FRACTION = 0.5
+"""Fine-tuning after pruning (and distillation) runs at this fraction of train.lr: the model is trained."""
+
+SECTIONS = {
+    "train": ("model", "data", "train", "export"),
+    "prune": ("prune", "train", "export"),
+    "distill": ("distill", "train", "export"),
+    "int8": ("int8", "qat", "export"),
+}
+"""The recipe sections each stage's key covers (train's hyper-parameters also drive the fine-tuning)."""
+
+
+def section_of(recipe: Any, name: str) -> Any:
+    """The recipe's section `name` (a compress.recipe.Recipe field)."""
+    return getattr(recipe, name)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def stage_key(stage: str, recipe: Any, previous_sha256: str, data_sha256: str) -> str:
+    """sha256 over the stage's recipe sections, the previous stage's output sha256 and the data sha256."""
+    document = {
+        "version": CACHE_VERSION,
+        "stage": stage,
+        "sections": {name: _plain(section_of(recipe, name)) for name in SECTIONS[stage]},
+        "previous": previous_sha256,
+        "data": data_sha256,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class StageRecord:
+    """A finished stage, as stored in WORKDIR/<stage>/done.json.
+
+    files: role -> file name inside the stage folder ("checkpoint", "bundle"); output_sha256: over
+    those files; metrics: StageMetrics.to-dict; info: stage facts; reused: True when read from disk.
+    """
+
+    stage: str
+    key: str
+    output_sha256: str
+    files: Dict[str, str]
+    metrics: Dict[str, Any]
+    info: Dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    reused: bool = False
+
+    def path(self, workdir: Path, role: str) -> Path:
+        return Path(workdir) / self.stage / self.files[role]
+
+    def stage_metrics(self) -> Any:
+        from edge_sdk.manifest import StageMetrics
+
+        return StageMetrics(**self.metrics)
+
+
+class StageStore:
+    """Done-records under WORKDIR/<stage>/done.json."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = Path(workdir)
+
+    def folder(self, stage: str) -> Path:
+        path = self.workdir / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def read(self, stage: str) -> Optional[StageRecord]:
+        """The stage's record when it exists and all its files are still there, else None."""
+        path = self.workdir / stage / DONE_FILE
+        try:
+            data = json.loads(path.read_text())
+            record = StageRecord(**{k: v for k, v in data.items() if k != "reused"})
+        except (OSError, ValueError, TypeError):
+            return None
+        if not all((self.workdir / stage / name).is_file() for name in record.files.values()):
+            return None
+        record.reused = True
+        return record
+
+    def write(
+        self, stage: str, key: str, files: Dict[str, str], metrics: Any, info: Dict[str, Any], seconds: float
+    ) -> StageRecord:
+        from edge_sdk.fileio import atomic_write_text
+
+        folder = self.folder(stage)
+        digest = hashlib.sha256()
+        for role in sorted(files):
+            digest.update(role.encode("utf-8"))
+            digest.update(file_sha256(folder / files[role]).encode("ascii"))
+        record = StageRecord(
+            stage, key, digest.hexdigest(), dict(files), dataclasses.asdict(metrics), dict(info), round(seconds, 2)
+        )
+        data = dataclasses.asdict(record)
+        data.pop("reused")
+        atomic_write_text(folder / DONE_FILE, json.dumps(data, indent=1, sort_keys=True))
+        return record
+
+
+@dataclass
+class StageContext:
+    """What every stage needs: the recipe, folders, the data and how to report."""
+
+    recipe: Any
+    workdir: Path
+    data_dir: Path
+    data_sha256: str
+    train_set: Any
+    val_set: Any
+    progress: bool = True
+    log: Callable[[str], None] = print
+    resume: bool = False
+
+    @property
+    def input_size(self) -> int:
+        return int(self.recipe.model.input_size)
+
+    @property
+    def postprocess(self) -> Any:
+        from compress.train import _postprocess_of
+
+        return _postprocess_of(self.recipe)
+
+    def provenance(self, **extra: str) -> Any:
+        from edge_sdk.manifest import Provenance
+
+        return Provenance(dataset_sha256=self.data_sha256, recipe_sha256=self.recipe.sha256, **extra)
+
+
+def validate_stages(stages: Sequence[str]) -> List[str]:
+    """`stages` checked: known names, each once, in STAGE_ORDER order, distill only after prune."""
+    import difflib
+
+    stages = list(stages)
+    for stage in stages:
+        if stage not in STAGE_ORDER:
+            hint = difflib.get_close_matches(stage, STAGE_ORDER, n=1)
+            raise RecipeError(
+                "unknown stage {!r}: expected one of {}{}".format(
+                    stage, ", ".join(STAGE_ORDER), " (did you mean {!r}?)".format(hint[0]) if hint else ""
+                )
+            )
+    if [s for s in STAGE_ORDER if s in stages] != stages:
+        raise RecipeError(
+            "stages: expected each stage at most once, in the order {}, got {}".format(
+                ", ".join(STAGE_ORDER), ", ".join(stages)
+            )
+        )
+    return stages
+
+
+def previous_stage(pipeline: Sequence[str], stage: str) -> Optional[str]:
+    """The cached stage before `stage` in the recipe's pipeline (None for train)."""
+    cached = [s for s in pipeline if s in CACHED_STAGES]
+    if stage not in cached:
+        cached = [s for s in STAGE_ORDER if s in cached or s == stage]
+    index = cached.index(stage)
+    return cached[index - 1] if index > 0 else None
+
+
+def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any = None) -> Any:
+    """Export `net` as WORKDIR/<stage>/model.edgebundle and measure it; returns its StageMetrics."""
+    from compress.export import export_bundle
+    from compress.flops import count_params, model_flops
+
+    size = ctx.input_size
+    bundle = ctx.workdir / stage / BUNDLE_FILE
+    classes = list(ctx.val_set.classes)
+    export_bundle(
+        net,
+        classes,
+        (size, size),
+        bundle,
+        ctx.recipe.output.name,
+        ctx.recipe.output.version,
+        ctx.postprocess,
+        (),
+        provenance or ctx.provenance(),
+    )
+    return measure_stage(ctx, stage, bundle, float(model_flops(net, (size, size))), float(count_params(net)))
+
+
+def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[float], params: Optional[float]) -> Any:
+    """(StageMetrics, per-class AP list) of `bundle` run through device.pipeline.Detector on the val set."""
+    from compress.pipeline import measure_bundle
+    from edge_sdk.manifest import StageMetrics
+
+    ctx.log("measuring the {} bundle on {} val images".format(stage, len(ctx.val_set)))
+    measured = measure_bundle(bundle, ctx.val_set)
+    metrics = StageMetrics(
+        stage=stage,
+        map50=measured["map50"],
+        map=measured["map"],
+        flops=flops,
+        params=params,
+        bytes=float(bundle.stat().st_size),
+        latency_ms=measured["latency_ms"],
+    )
+    return metrics, measured["per_class"]
+
+
+def _finetune(ctx: StageContext, student: Any, epochs: int, teacher: Any = None, distill: Any = None) -> List[Any]:
+    from compress.distill import finetune
+
+    def report(epoch: int, record: Dict[str, float]) -> None:
+        parts = ", ".join("{} {:.3f}".format(k, v) for k, v in record.items() if k not in ("epoch", "seconds"))
+        ctx.log("  fine-tune epoch {}/{}: {} ({:.0f} s)".format(epoch + 1, epochs, parts, record["seconds"]))
+
+    import paddle
+
+    paddle.seed(ctx.recipe.train.seed)
+    result = finetune(
+        student,
+        ctx.train_set.images,
+        ctx.input_size,
+        ctx.recipe.train,
+        epochs,
+        teacher=teacher,
+        distill=distill,
+        lr=ctx.recipe.train.lr * FINETUNE_LR_FRACTION,
+        progress=report,
+    )
+    return result.history
+
+
+def run_train_stage(ctx: StageContext) -> Any:
+    """-> (files, metrics, info). Trains (or resumes) into WORKDIR/train."""
+    from compress.train import BEST_CHECKPOINT, load_trained, train
+
+    result = train(ctx.recipe, ctx.data_dir, ctx.workdir / "train", resume=ctx.resume, progress=ctx.progress)
+    net = load_trained(result.best_checkpoint)
+    metrics, per_class = _export_and_measure(ctx, net, "train")
+    info = {"best_map50": result.best_map50, "per_class": per_class}
+    return {"checkpoint": BEST_CHECKPOINT, "bundle": BUNDLE_FILE}, metrics, info
+
+
+def run_prune_stage(ctx: StageContext, previous: StageRecord) -> Any:
+    from compress.prune import prune_model, save_pruned
+    from compress.train import load_trained
+
+    cfg = section_of(ctx.recipe, "prune")
+    teacher = load_trained(previous.path(ctx.workdir, "checkpoint"))
+    folder = ctx.workdir / "prune"
+    ctx.log(
+        "pruning: sensitivity of each group at ratios {} on {} val images".format(
+            list(cfg.ratios), cfg.val_images or len(ctx.val_set)
+        )
+    )
+    pruned, info = prune_model(teacher, ctx.val_set, ctx.input_size, cfg, folder, ctx.postprocess)
+    ctx.log("pruned to {:.3f} of the FLOPs".format(info["flops_ratio"]))
+    history = _finetune(ctx, pruned, cfg.epochs) if cfg.epochs > 0 else []
+    save_pruned(pruned, folder / "pruned.pdparams", {"classes": list(ctx.val_set.classes)})
+    metrics, per_class = _export_and_measure(ctx, pruned, "prune")
+    info = {k: v for k, v in info.items() if k != "sensitivity"}
+    info.update(finetune=history, per_class=per_class)
+    return {"checkpoint": "pruned.pdparams", "bundle": BUNDLE_FILE}, metrics, info
+
+
+def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: StageRecord) -> Any:
+    from compress.prune import load_pruned_checkpoint, save_pruned
+    from compress.train import load_trained
+
+    cfg = section_of(ctx.recipe, "distill")
+    student = load_pruned_checkpoint(previous.path(ctx.workdir, "checkpoint"))
+    teacher = load_trained(teacher_record.path(ctx.workdir, "checkpoint"))
+    ctx.log(
+        "distilling: {} epochs, weight {:g}, feature weight {:g}".format(cfg.epochs, cfg.weight, cfg.feature_weight)
+    )
+    history = _finetune(ctx, student, cfg.epochs, teacher=teacher, distill=cfg)
+    folder = ctx.workdir / "distill"
+    save_pruned(student, folder / "student.pdparams", {"classes": list(ctx.val_set.classes)})
+    teacher_sha = file_sha256(teacher_record.path(ctx.workdir, "checkpoint"))
+    metrics, per_class = _export_and_measure(ctx, student, "distill", ctx.provenance(teacher_sha256=teacher_sha))
+    info = {"finetune": history, "per_class": per_class}
+    return {"checkpoint": "student.pdparams", "bundle": BUNDLE_FILE}, metrics, info
+
+
+def load_stage_model(ctx: StageContext, record: StageRecord) -> Any:
+    """The dygraph model a train/prune/distill record holds."""
+    from compress.prune import load_pruned_checkpoint
+    from compress.train import load_trained
+
+    checkpoint = record.path(ctx.workdir, "checkpoint")
+    return load_trained(checkpoint) if record.stage == "train" else load_pruned_checkpoint(checkpoint)
+
+
+def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
+    from calibration.budget import AccuracyBudgetExceeded, int8_manifest, quantize_within_budget
+    from calibration.calibration_set import select_calibration_set
+    from calibration.golden import make_golden
+    from edge_sdk.bundle import open_bundle, write_bundle
+    from edge_sdk.manifest import Quantization
+
+    cfg = section_of(ctx.recipe, "int8")
+    folder = ctx.workdir / "int8"
+    fp32_bundle = previous.path(ctx.workdir, "bundle")
+    calibration = select_calibration_set(
+        ctx.train_set, cfg.calibration_images, cfg.seed, cfg.brightness_bins, cfg.size_bins
+    )
+    model_dir = folder / "model"
+    info: Dict[str, Any] = {"from": previous.stage}
+    with open_bundle(fp32_bundle) as bundle:
+        manifest = bundle.manifest
+        fp32_dir = bundle.path_of("model/model.pdmodel").parent
+        ctx.log(
+            "INT8: PTQ ({}, {} calibration images) of the {} bundle".format(cfg.algo, len(calibration), previous.stage)
+        )
+        try:
+            result = quantize_within_budget(
+                fp32_dir,
+                manifest,
+                calibration.records,
+                ctx.val_set,
+                model_dir,
+                algo=cfg.algo,
+                budget_points=cfg.budget_map50,
+                max_retries=cfg.max_retries,
+                layers_per_retry=cfg.layers_per_retry,
+                sensitivity_images=cfg.sensitivity_images,
+                batch_size=cfg.batch_size,
+                progress=ctx.progress,
+                log=ctx.log,
+            )
+            quantization = result.quantization
+            info.update(fp32_map50=result.fp32.map50, ptq_map50=result.int8.map50, attempts=len(result.attempts))
+        except AccuracyBudgetExceeded as exc:
+            if cfg.fallback != "qat":
+                raise
+            from compress.qat import quantize_aware_train
+
+            ctx.log("INT8: {}; falling back to QAT".format(exc))
+            qat = section_of(ctx.recipe, "qat")
+            quantize_aware_train(
+                load_stage_model(ctx, previous),
+                ctx.train_set,
+                ctx.input_size,
+                model_dir,
+                qat,
+                ctx.postprocess,
+                progress=ctx.progress,
+            )
+            quantization = Quantization(method="qat", calibration_images=0)
+            info.update(fp32_map50=exc.fp32_map50, ptq_map50=exc.int8_map50, qat=True)
+    golden = make_golden(fp32_bundle, ctx.val_set.images, cfg.golden_images)
+    provenance = dataclasses.replace(manifest.provenance, calibration_sha256=calibration.sha256)
+    int8 = dataclasses.replace(int8_manifest(manifest, quantization), provenance=provenance, files=(), created_at="")
+    files: Dict[str, Any] = {
+        "model/model.pdmodel": model_dir / "model.pdmodel",
+        "model/model.pdiparams": model_dir / "model.pdiparams",
+    }
+    files.update(golden)
+    write_bundle(folder / BUNDLE_FILE, int8, files)
+    before = previous.metrics
+    metrics, per_class = measure_stage(ctx, "int8", folder / BUNDLE_FILE, before.get("flops"), before.get("params"))
+    info.update(quantization=_plain(quantization), calibration_sha256=calibration.sha256, per_class=per_class)
+    return (
+        {"bundle": BUNDLE_FILE, "pdmodel": "model/model.pdmodel", "pdiparams": "model/model.pdiparams"},
+        metrics,
+        info,
+    )
+
+
+@dataclass
+class StagesResult:
+    """records: every stage record of the pipeline that exists, in order; ran: the stages computed now."""
+
+    records: List[StageRecord]
+    ran: List[str]
+
+
+def run_stages(ctx: StageContext, pipeline: Sequence[str], selected: Optional[Sequence[str]] = None) -> StagesResult:
+    """Run the cached stages of `pipeline` (the recipe's stages) that are in `selected` (default: all).
+
+    A selected stage whose key matches its done-record is reused. A stage that is not selected is read
+    from disk when a later selected stage needs it; missing, it raises RecipeError in one line.
+    """
+    pipeline = validate_stages(pipeline)
+    chosen = validate_stages(selected) if selected is not None else list(pipeline)
+    for stage in chosen:
+        if stage not in pipeline:
+            raise RecipeError("--stages: {} is not one of the recipe's stages ({})".format(stage, ", ".join(pipeline)))
+    store = StageStore(ctx.workdir)
+    records: Dict[str, StageRecord] = {}
+    ran: List[str] = []
+    cached = [s for s in pipeline if s in CACHED_STAGES]
+    last_needed = max((cached.index(s) for s in chosen if s in cached), default=-1)
+    if "export" in chosen:
+        last_needed = len(cached) - 1
+    for index, stage in enumerate(cached[: last_needed + 1]):
+        previous = records.get(cached[index - 1]) if index > 0 else None
+        key = stage_key(stage, ctx.recipe, previous.output_sha256 if previous else "", ctx.data_sha256)
+        existing = store.read(stage)
+        if stage not in chosen:
+            if existing is None:
+                raise RecipeError(
+                    "stage {} needs the output of stage {}, and {} has none: run --stages {} first".format(
+                        _next_chosen(cached, chosen, index), stage, ctx.workdir / stage, stage
+                    )
+                )
+            if existing.key != key:
+                ctx.log("note: using the {} stage's output although its inputs changed since".format(stage))
+            records[stage] = existing
+            continue
+        if existing is not None and existing.key == key:
+            ctx.log("{}: unchanged, reusing {}".format(stage, ctx.workdir / stage / DONE_FILE))
+            records[stage] = existing
+            continue
+        ctx.log("{}: running".format(stage))
+        started = time.time()
+        store.folder(stage)
+        if stage == "train":
+            files, metrics, info = run_train_stage(ctx)
+        elif stage == "prune":
+            files, metrics, info = run_prune_stage(ctx, previous)
+        elif stage == "distill":
+            files, metrics, info = run_distill_stage(ctx, previous, records["train"])
+        else:
+            files, metrics, info = run_int8_stage(ctx, previous)
+        records[stage] = store.write(stage, key, files, metrics, info, time.time() - started)
+        ran.append(stage)
+    return StagesResult([records[s] for s in cached if s in records], ran)
+
+
+def _next_chosen(cached: Sequence[str], chosen: Sequence[str], index: int) -> str:
+    for stage in cached[index + 1 :]:
+        if stage in chosen:
+            return stage
+    return "export"
+
+
+def make_context(
+    recipe: Any,
+    workdir: Path,
+    data_dir: Optional[Path] = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+    prepared: bool = False,
+) -> StageContext:
+    """The StageContext of `recipe` in `workdir`. data_dir: as compress.pipeline.prepare_data takes it, or,
+    with prepared=True, the folder prepare_data returned."""
+    from compress.pipeline import _sha256_files, prepare_data
+    from compress.train import load_datasets
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = Path(data_dir) if prepared else prepare_data(recipe, workdir, data_dir, progress)
+    train_set, val_set = load_datasets(recipe, data)
+    digest = _sha256_files([data / recipe.data.train, data / recipe.data.val])
+    return StageContext(recipe, workdir, data, digest, train_set, val_set, progress, log, resume)

@@ -1,0 +1,144 @@
+"""The compression stages end to end on a tiny recipe: train -> prune -> distill -> int8 -> export,
+the per-stage cache, `--stages` subsets and the new recipe sections' validation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from compress.recipe import recipe_from_dict
+from edge_sdk.errors import RecipeError
+
+STAGES = ["train", "prune", "distill", "int8", "export"]
+TINY = {
+    "model": {"arch": "mobilenet_v1", "width": 0.125, "input_size": 64},
+    "data": {"path": "synthetic", "images": 40, "seed": 1, "size": [96, 96]},
+    "train": {"epochs": 1, "batch_size": 8, "optimizer": "adamw", "lr": 0.003, "warmup_steps": 2, "schedule": "cosine",
+              "ema": False, "amp": False, "num_workers": 0},
+    "prune": {"flops_reduction": 0.5, "ratios": [0.3, 0.6], "val_images": 8, "epochs": 1},
+    "distill": {"epochs": 1},
+    # One epoch of training leaves the model near mAP 0, where INT8 against FP32 is noise: the
+    # budget is set wide open so the test checks the plumbing, not the accuracy (benchmarks/ does).
+    "int8": {"calibration_images": 8, "algo": "abs_max", "budget_map50": 100.0, "max_retries": 0, "golden_images": 2},
+    "output": {"name": "tiny-stages", "version": "0.0.1"},
+    "stages": STAGES,
+}  # fmt: skip
+
+
+def _recipe(changes=None):
+    data = copy.deepcopy(TINY)
+    for section, values in (changes or {}).items():
+        data.setdefault(section, {}).update(values)
+    return recipe_from_dict(data, sha256="0" * 64)
+
+
+def _done_mtimes(workdir: Path):
+    return {s: (workdir / s / "done.json").stat().st_mtime_ns for s in STAGES[:-1]}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from compress.pipeline import run
+
+    workdir = tmp_path_factory.mktemp("stages")
+    result = run(_recipe(), workdir, progress=False, log=lambda _m: None)
+    return workdir, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_full_pipeline_writes_a_verified_int8_bundle_with_every_stage(finished) -> None:
+    from edge_sdk.bundle import open_bundle
+
+    workdir, result = finished
+    with open_bundle(result.bundle) as bundle:
+        manifest = bundle.manifest
+        assert manifest.precision == "int8"
+        assert manifest.quantization.method == "ptq" and manifest.quantization.algo == "abs_max"
+        assert [m.stage for m in manifest.metrics] == ["train", "prune", "distill", "int8"]
+        assert all(m.bytes and m.latency_ms and m.flops and m.map50 is not None for m in manifest.metrics)
+        assert len(manifest.provenance.calibration_sha256) == 64 and manifest.provenance.teacher_sha256
+        assert manifest.file("calibration/golden.json") is not None
+    train, prune, distill, int8 = manifest.metrics
+    assert prune.flops <= 0.55 * train.flops and distill.flops == prune.flops
+    assert int8.bytes < distill.bytes
+    assert int8.bytes == (workdir / "int8" / "model.edgebundle").stat().st_size
+    report = (workdir / "report.md").read_text()
+    assert all("| {} |".format(s) in report for s in ("train", "prune", "distill", "int8"))
+    assert (workdir / "stages.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_a_second_run_reuses_every_stage_and_a_changed_section_reruns_only_its_stage(finished) -> None:
+    from compress.pipeline import run
+
+    workdir, first = finished
+    before = _done_mtimes(workdir)
+    lines = []
+    again = run(_recipe(), workdir, progress=False, log=lines.append)
+    assert _done_mtimes(workdir) == before
+    assert sum("unchanged, reusing" in line for line in lines) == 4
+    assert [m.to_dict() if hasattr(m, "to_dict") else m for m in again.metrics] == [
+        m.to_dict() if hasattr(m, "to_dict") else m for m in first.metrics
+    ]
+
+    run(_recipe({"int8": {"golden_images": 1}}), workdir, progress=False, log=lambda _m: None)
+    after = _done_mtimes(workdir)
+    assert {s: after[s] == before[s] for s in after} == {"train": True, "prune": True, "distill": True, "int8": False}
+
+
+@pytest.mark.slow
+def test_stages_subset_reads_earlier_stages_from_disk_and_names_a_missing_one(finished, tmp_path) -> None:
+    from compress.pipeline import run
+
+    workdir, _ = finished
+    result = run(_recipe(), workdir, progress=False, log=lambda _m: None, stages=["int8"])
+    assert [m.stage for m in result.metrics] == ["train", "prune", "distill", "int8"]
+    with pytest.raises(RecipeError, match=r"stage prune needs the output of stage train.*--stages train"):
+        run(_recipe(), tmp_path / "empty", progress=False, log=lambda _m: None, stages=["prune", "distill"])
+    with pytest.raises(RecipeError, match="unknown stage 'prnue'.*did you mean 'prune'"):
+        run(_recipe(), tmp_path / "empty", progress=False, log=lambda _m: None, stages=["prnue"])
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"prune": {"flops_reduction": 1.5}}, "prune.flops_reduction"),
+        ({"prune": {"ratios": [0.6, 0.3]}}, "prune.ratios"),
+        ({"prune": {"ratoi": [0.3]}}, "prune.ratoi"),
+        ({"distill": {"epochs": 0}}, "distill.epochs"),
+        ({"int8": {"algo": "kl"}}, "int8.algo"),
+        ({"int8": {"fallback": "retry"}}, "int8.fallback"),
+        ({"qat": {"lr": -1}}, "qat.lr"),
+    ],
+)
+def test_recipe_validation_names_the_field(changes, field) -> None:
+    with pytest.raises(RecipeError, match=r"^{}: ".format(field.replace(".", r"\."))):
+        _recipe(changes)
+
+
+def test_distill_without_prune_is_refused() -> None:
+    data = copy.deepcopy(TINY)
+    data["stages"] = ["train", "distill", "export"]
+    with pytest.raises(RecipeError, match="distill.*needs prune"):
+        recipe_from_dict(data)
+
+
+def test_cli_stages_error_is_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = tmp_path / "tiny.yml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    command = [sys.executable, "-m", "edge_sdk", "compress", str(recipe), "--workdir", str(tmp_path / "w")]
+    result = subprocess.run(command + ["--stages", "distill,int8"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: stage distill needs the output of stage train, and {} has none: run --stages train first".format(
+            tmp_path / "w" / "train"
+        )
+    )
