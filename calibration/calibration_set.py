@@ -24,6 +24,7 @@ import numpy as np
 
 from edge_sdk.data.dataset import Dataset, ImageRecord
 from edge_sdk.errors import DataError
+from edge_sdk.fileio import file_sha256
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,6 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return len(self.records)
-
-
-def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(str(path), "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def calibration_sha256(records: Sequence[ImageRecord]) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from edge_sdk.errors import RecipeError
+from edge_sdk.fileio import file_sha256
 
 STAGE_ORDER = ("train", "prune", "distill", "int8", "export")
 CACHED_STAGES = ("train", "prune", "distill", "int8")
@@ -74,14 +75,6 @@ def stage_key(stage: str, recipe: Any, previous_sha256: str, data_sha256: str) -
         "data": data_sha256,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -42,12 +42,12 @@ from device.store import (
     Store,
     copy_file_durably,
     crash_point,
-    file_sha256,
     now_iso,
     recover_locked,
     write_json,
 )
 from edge_sdk.errors import BundleError, EdgeSdkError, InstallError
+from edge_sdk.fileio import file_sha256
 
 DEFAULT_KEEP = 3
 DEFAULT_FPS_FRAMES = 10

@@ -146,14 +146,6 @@ def copy_file_durably(src: Path, dest: Path, expected_sha256: str) -> None:
         raise InstallError("bundle file {} changed while it was being installed".format(src))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(str(path), "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------- the store
 
 

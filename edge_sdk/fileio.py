@@ -4,6 +4,7 @@ or the whole new one, never half of it (a power cut included)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 from typing import Union
@@ -69,3 +70,12 @@ def fsync_tree(top: Union[str, Path]) -> None:
             finally:
                 os.close(fd)
         fsync_dir(dirpath)
+
+
+def file_sha256(path: Union[str, Path], chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's contents, read in chunks of `chunk_bytes`."""
+    digest = hashlib.sha256()
+    with open(str(path), "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -27,10 +27,11 @@ from device.install import (
     list_versions,
     version_key,
 )
-from device.store import Store, file_sha256
+from device.store import Store
 from edge_sdk.bundle import TargetConstraints, open_bundle, write_bundle
 from edge_sdk.detections import Detections
 from edge_sdk.errors import InstallError
+from edge_sdk.fileio import file_sha256
 from edge_sdk.signing import generate_keypair
 
 ROBOT = {"l4t": "35.4.1", "compute_capability": "7.2"}

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from device.install import InstalledBundle, install_bundle, list_versions
-from device.store import CRASH_ENV, Store, file_sha256, recover
+from device.store import CRASH_ENV, Store, recover
 from edge_sdk.bundle import InputSpec, Manifest, open_bundle, write_bundle
+from edge_sdk.fileio import file_sha256
 
 RANDOM_KILLS = 200
 REPO = Path(__file__).resolve().parents[2]
