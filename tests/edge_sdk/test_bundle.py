@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,16 +72,24 @@ def special(name: str, kind: bytes, linkname: str = "") -> Tuple[tarfile.TarInfo
     return info, None
 
 
-def build_tar(path: Path, members: List[Tuple[tarfile.TarInfo, Optional[bytes]]]) -> Path:
-    """Write a tar by hand from (header, data) pairs, exactly as given."""
-    with tarfile.open(str(path), "w", format=tarfile.PAX_FORMAT) as tar:
+def encode(tar_bytes: bytes, encoding: str) -> bytes:
+    """The bytes of a bundle file holding this tar: "gzip" (written today) or "plain" (older bundles)."""
+    return gzip.compress(tar_bytes, mtime=0) if encoding == "gzip" else tar_bytes
+
+
+def build_tar(path: Path, encoding: str, members: List[Tuple[tarfile.TarInfo, Optional[bytes]]]) -> Path:
+    """Write a tar by hand from (header, data) pairs, exactly as given, then encode it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in members:
             tar.addfile(info, None if data is None else io.BytesIO(data))
+    path.write_bytes(encode(buffer.getvalue(), encoding))
     return path
 
 
 def hostile_bundle(
     path: Path,
+    encoding: str,
     extra: List[Tuple[tarfile.TarInfo, Optional[bytes]]],
     listed: Optional[List[FileEntry]] = None,
     files: Optional[Dict[str, bytes]] = None,
@@ -90,7 +100,7 @@ def hostile_bundle(
     manifest = make_manifest(files=tuple(entries))
     members = [regular("manifest.json", manifest.canonical_bytes())]
     members += [regular(n, d) for n, d in sorted(files.items())]
-    return build_tar(path, members + extra)
+    return build_tar(path, encoding, members + extra)
 
 
 def snapshot(root: Path) -> Dict[str, Optional[bytes]]:
@@ -102,6 +112,12 @@ def snapshot(root: Path) -> Dict[str, Optional[bytes]]:
             rel = str(p.relative_to(root))
             out[rel] = p.read_bytes() if p.is_file() and not p.is_symlink() else None
     return out
+
+
+@pytest.fixture(params=["gzip", "plain"])
+def encoding(request) -> str:
+    """Every hostile archive is tried as a gzip bundle (written today) and a plain tar (older bundles)."""
+    return request.param
 
 
 @pytest.fixture
@@ -160,6 +176,42 @@ def test_round_trip_write_open_compare(sandbox):
         assert root.parent == sandbox / "staging"
     assert not root.exists()
     assert verify_bundle(out) == bundle.manifest
+
+
+def test_written_bundle_is_deterministic_gzip(sandbox):
+    """Same manifest (created_at included) and files: byte-identical gzip files, no name or time in the header."""
+    manifest = make_manifest(created_at="2024-01-02T03:04:05Z", sdk_version="9.9", paddle_version="2.6.2")
+    src = sandbox / "work" / "model.pdiparams"
+    src.write_bytes(PARAMS)
+    files = {"model/model.pdiparams": src, "model/model.pdmodel": MODEL, "calibration/golden/0.jpg": GOLDEN}
+    first = write_bundle(sandbox / "in" / "first.edgebundle", manifest, files).read_bytes()
+    second = write_bundle(sandbox / "work" / "second.edgebundle", manifest, files).read_bytes()
+    assert first == second
+    assert first[:3] == b"\x1f\x8b\x08"  # gzip, deflate
+    assert first[3] == 0  # flags: no file name, comment or extra field
+    assert first[4:8] == bytes(4)  # mtime 0
+    tar_bytes = gzip.decompress(first)
+    assert len(first) < len(tar_bytes) // 2  # the tar is mostly padding and repetitive test data
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+        assert tar.getnames()[0] == "manifest.json"
+        assert tar.extractfile("model/model.pdiparams").read() == PARAMS
+
+
+def test_old_uncompressed_bundle_still_opens(sandbox):
+    """Robots in the field hold plain-tar bundles written before compression: same manifest and files."""
+    gz = write_bundle(sandbox / "work" / "new.edgebundle", make_manifest(), model_files())
+    plain = sandbox / "in" / "old.edgebundle"
+    plain.write_bytes(gzip.decompress(gz.read_bytes()))
+    with tarfile.open(str(plain), mode="r:"):  # really a plain tar
+        pass
+    with open_bundle(plain, staging_dir=sandbox / "staging") as old, open_bundle(gz) as new:
+        assert old.manifest == new.manifest
+        assert old.sha256 == hashlib.sha256(plain.read_bytes()).hexdigest() != new.sha256
+        assert old.size == plain.stat().st_size
+        for name, data in model_files().items():
+            assert old.path_of(name).read_bytes() == data
+    info = inspect_bundle(plain)
+    assert info["size"] == plain.stat().st_size and info["manifest"]["name"] == "pcb-defects"
 
 
 def test_write_keeps_given_metadata_and_sources_from_paths(sandbox):
@@ -288,22 +340,24 @@ def test_existing_bundle_survives_interrupted_overwrite(sandbox):
 # ----------------------------------------------------------------------------- hostile archives
 
 
-def test_hand_built_valid_bundle_opens(sandbox):
+def test_hand_built_valid_bundle_opens(sandbox, encoding):
     """The hostile-bundle builder itself makes openable bundles, so each refusal below is the attack's."""
-    path = hostile_bundle(sandbox / "in" / "ok.edgebundle", [])
+    path = hostile_bundle(sandbox / "in" / "ok.edgebundle", encoding, [])
     with open_bundle(path, staging_dir=sandbox / "staging") as bundle:
         assert bundle.path_of("model/model.pdiparams").read_bytes() == PARAMS
 
 
-def test_folder_entries_for_listed_files_are_allowed(sandbox):
-    path = hostile_bundle(sandbox / "in" / "ok.edgebundle", [special("model", tarfile.DIRTYPE)])
+def test_folder_entries_for_listed_files_are_allowed(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "ok.edgebundle", encoding, [special("model", tarfile.DIRTYPE)])
     with open_bundle(path, staging_dir=sandbox / "staging") as bundle:
         assert bundle.path_of("model/model.pdmodel").read_bytes() == MODEL
 
 
-def test_refuses_absolute_path(sandbox):
+def test_refuses_absolute_path(sandbox, encoding):
     target = str(sandbox / "evil.txt")
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular(target, b"pwned")], [entry(target, b"pwned")])
+    path = hostile_bundle(
+        sandbox / "in" / "b.edgebundle", encoding, [regular(target, b"pwned")], [entry(target, b"pwned")]
+    )
     with tarfile.open(str(path)) as tar:
         assert target in tar.getnames()
     assert_refused(sandbox, path, UnsafeArchiveError, "absolute path")
@@ -311,69 +365,71 @@ def test_refuses_absolute_path(sandbox):
 
 
 @pytest.mark.parametrize("name", ["../../../evil.txt", "model/../../../../evil.txt", ".."])
-def test_refuses_dot_dot(sandbox, name):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular(name, b"pwned")])
+def test_refuses_dot_dot(sandbox, encoding, name):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [regular(name, b"pwned")])
     assert_refused(sandbox, path, UnsafeArchiveError, r"'\.\.' path component")
 
 
 @pytest.mark.parametrize("name", ["..\\..\\evil.txt", "model\\evil.txt", "C:/evil.txt", "C:evil.txt", "a/./b", "a//b"])
-def test_refuses_backslash_drive_letter_and_odd_components(sandbox, name):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular(name, b"pwned")])
+def test_refuses_backslash_drive_letter_and_odd_components(sandbox, encoding, name):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [regular(name, b"pwned")])
     assert_refused(sandbox, path, UnsafeArchiveError, "bundle member")
 
 
-def test_refuses_control_characters_in_names(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("model/evil\x1b[2J.txt", b"x")])
+def test_refuses_control_characters_in_names(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [regular("model/evil\x1b[2J.txt", b"x")])
     assert_refused(sandbox, path, UnsafeArchiveError, "control")
 
 
-def test_refuses_symlink(sandbox):
+def test_refuses_symlink(sandbox, encoding):
     link = special("model/link", tarfile.SYMTYPE, linkname=str(sandbox))
     through = regular("model/link/evil.txt", b"pwned")
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [link, through], [entry("model/link", b"")])
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [link, through], [entry("model/link", b"")])
     assert_refused(sandbox, path, UnsafeArchiveError, "'model/link' is a symbolic link")
 
 
-def test_refuses_hardlink(sandbox):
+def test_refuses_hardlink(sandbox, encoding):
     link = special("model/passwd", tarfile.LNKTYPE, linkname="/etc/passwd")
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [link], [entry("model/passwd", b"")])
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [link], [entry("model/passwd", b"")])
     assert_refused(sandbox, path, UnsafeArchiveError, "hard link")
 
 
 @pytest.mark.parametrize(
     "kind, word", [(tarfile.CHRTYPE, "device"), (tarfile.BLKTYPE, "device"), (tarfile.FIFOTYPE, "FIFO")]
 )
-def test_refuses_device_and_fifo(sandbox, kind, word):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [special("model/dev", kind)], [entry("model/dev", b"")])
+def test_refuses_device_and_fifo(sandbox, encoding, kind, word):
+    path = hostile_bundle(
+        sandbox / "in" / "b.edgebundle", encoding, [special("model/dev", kind)], [entry("model/dev", b"")]
+    )
     assert_refused(sandbox, path, UnsafeArchiveError, word)
 
 
-def test_refuses_duplicate_member(sandbox):
+def test_refuses_duplicate_member(sandbox, encoding):
     evil = b"y" * len(MODEL)
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("model/model.pdmodel", evil)])
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [regular("model/model.pdmodel", evil)])
     assert_refused(sandbox, path, UnsafeArchiveError, "appears twice")
 
 
-def test_refuses_member_names_differing_only_in_case(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("MODEL/model.pdmodel", MODEL)])
+def test_refuses_member_names_differing_only_in_case(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [regular("MODEL/model.pdmodel", MODEL)])
     assert_refused(sandbox, path, UnsafeArchiveError, "appears twice")
 
 
-def test_refuses_oversized_member(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [])
+def test_refuses_oversized_member(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [])
     assert_refused(
         sandbox, path, UnsafeArchiveError, "model.pdiparams.*over the limit", max_member_bytes=len(PARAMS) - 1
     )
 
 
-def test_refuses_total_size_over_limit(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [])
+def test_refuses_total_size_over_limit(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [])
     total = sum(len(d) for d in model_files().values())
     assert_refused(sandbox, path, UnsafeArchiveError, "add up to more than", max_total_bytes=total)
 
 
-def test_refuses_file_far_larger_than_the_limits_before_reading_it(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [])
+def test_refuses_file_far_larger_than_the_limits_before_reading_it(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [])
     with open(str(path), "ab") as f:
         f.truncate(path.stat().st_size + (64 << 20))  # e.g. a huge PAX record tarfile would load into memory
     assert_refused(
@@ -381,28 +437,28 @@ def test_refuses_file_far_larger_than_the_limits_before_reading_it(sandbox):
     )
 
 
-def test_refuses_too_many_members(sandbox):
+def test_refuses_too_many_members(sandbox, encoding):
     files = {"calibration/golden/{}.jpg".format(i): b"x" for i in range(20)}
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [], files=files)
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [], files=files)
     assert_refused(sandbox, path, UnsafeArchiveError, "more than 10 members", max_members=10)
 
 
-def test_refuses_unlisted_extra_file(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [regular("model/extra.pkl", b"\x80\x04.")])
+def test_refuses_unlisted_extra_file(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [regular("model/extra.pkl", b"\x80\x04.")])
     assert_refused(sandbox, path, IntegrityError, "'model/extra.pkl' is not listed")
 
 
-def test_refuses_unlisted_folder(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [special("other", tarfile.DIRTYPE)])
+def test_refuses_unlisted_folder(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [special("other", tarfile.DIRTYPE)])
     assert_refused(sandbox, path, IntegrityError, "'other' is not listed")
 
 
-def test_refuses_missing_listed_file(sandbox):
-    path = hostile_bundle(sandbox / "in" / "b.edgebundle", [], [entry("calibration/table.txt", b"scales")])
+def test_refuses_missing_listed_file(sandbox, encoding):
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [], [entry("calibration/table.txt", b"scales")])
     assert_refused(sandbox, path, IntegrityError, "'calibration/table.txt' listed in the manifest is missing")
 
 
-def test_refuses_sha256_mismatch_with_same_size(sandbox):
+def test_refuses_sha256_mismatch_with_same_size(sandbox, encoding):
     files = model_files()
     entries = [entry(n, d) for n, d in sorted(files.items())]
     flipped = bytearray(PARAMS)
@@ -412,54 +468,157 @@ def test_refuses_sha256_mismatch_with_same_size(sandbox):
     # the tampered file comes last, so the good ones were already written to staging
     order = ["calibration/golden/0.jpg", "model/model.pdmodel", "model/model.pdiparams"]
     members = [regular("manifest.json", manifest.canonical_bytes())] + [regular(n, files[n]) for n in order]
-    path = build_tar(sandbox / "in" / "b.edgebundle", members)
+    path = build_tar(sandbox / "in" / "b.edgebundle", encoding, members)
     assert_refused(sandbox, path, IntegrityError, "'model/model.pdiparams' does not match its sha256")
 
 
-def test_refuses_size_mismatch(sandbox):
+def test_refuses_size_mismatch(sandbox, encoding):
     listed = [entry(n, d) for n, d in sorted(model_files().items())]
     listed[0] = FileEntry(listed[0].path, listed[0].size + 1, listed[0].sha256)
     members = [regular("manifest.json", make_manifest(files=tuple(listed)).canonical_bytes())]
     members += [regular(n, d) for n, d in sorted(model_files().items())]
-    path = build_tar(sandbox / "in" / "b.edgebundle", members)
+    path = build_tar(sandbox / "in" / "b.edgebundle", encoding, members)
     assert_refused(sandbox, path, IntegrityError, "bytes, the manifest says")
 
 
-def _good_bundle_bytes(sandbox: Path) -> bytes:
+def _good_tar_bytes(sandbox: Path) -> bytes:
+    """The uncompressed tar inside a bundle written by write_bundle."""
     path = write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files())
     data = path.read_bytes()
     path.unlink()
-    return data
+    assert data[:2] == b"\x1f\x8b"
+    return gzip.decompress(data)
 
 
-def test_refuses_archive_truncated_inside_a_member(sandbox):
-    data = _good_bundle_bytes(sandbox)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        last = tar.getmembers()[-1]
+def _last_member(tar_bytes: bytes) -> tarfile.TarInfo:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        return tar.getmembers()[-1]
+
+
+def test_refuses_archive_truncated_inside_a_member(sandbox, encoding):
+    data = _good_tar_bytes(sandbox)
+    last = _last_member(data)
     cut = sandbox / "in" / "cut.edgebundle"
-    cut.write_bytes(data[: last.offset_data + last.size // 2])
+    cut.write_bytes(encode(data[: last.offset_data + last.size // 2], encoding))
     assert_refused(sandbox, cut, IntegrityError, "truncated")
 
 
-def test_refuses_archive_truncated_between_members(sandbox):
-    data = _good_bundle_bytes(sandbox)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        last = tar.getmembers()[-1]
+def test_refuses_archive_truncated_between_members(sandbox, encoding):
+    data = _good_tar_bytes(sandbox)
     cut = sandbox / "in" / "cut.edgebundle"
-    cut.write_bytes(data[: last.offset])
+    cut.write_bytes(encode(data[: _last_member(data).offset], encoding))
     assert_refused(sandbox, cut, IntegrityError, "end-of-archive marker is missing")
 
 
-def test_refuses_archive_without_its_last_member(sandbox):
-    data = _good_bundle_bytes(sandbox)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        last = tar.getmembers()[-1]
+def test_refuses_archive_without_its_last_member(sandbox, encoding):
+    data = _good_tar_bytes(sandbox)
     cut = sandbox / "in" / "cut.edgebundle"
-    cut.write_bytes(data[: last.offset] + bytes(2 * tarfile.BLOCKSIZE))
+    cut.write_bytes(encode(data[: _last_member(data).offset] + bytes(2 * tarfile.BLOCKSIZE), encoding))
     assert_refused(sandbox, cut, IntegrityError, "missing from the bundle")
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 100, os.urandom(5000), b"PK\x03\x04 a zip file"])
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, -8, -1])
+def test_refuses_truncated_gzip_bundle(sandbox, keep):
+    """Cut anywhere in the compressed file, down to its last byte (the gzip length/CRC trailer)."""
+    good = write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files()).read_bytes()
+    cut = sandbox / "in" / "cut.edgebundle"
+    cut.write_bytes(good[: int(len(good) * keep)] if keep > 0 else good[:keep])
+    assert_refused(sandbox, cut, IntegrityError, "cut.edgebundle is truncated")
+
+
+def test_refuses_gzip_bundle_with_corrupt_compressed_data(sandbox):
+    good = bytearray(write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files()).read_bytes())
+    for offset in (len(good) // 2, len(good) - 6):  # inside the deflate data, inside the CRC trailer
+        bad = bytearray(good)
+        bad[offset] ^= 0x55
+        path = sandbox / "in" / "bad.edgebundle"
+        path.write_bytes(bytes(bad))
+        assert_refused(sandbox, path, IntegrityError, "bad.edgebundle")
+        path.unlink()
+
+
+def _tar_header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def test_refuses_gzip_bomb_member_declaring_a_huge_size(sandbox):
+    """A few hundred bytes on disk whose header claims a 5 GiB member: refused from the header alone."""
+    info = tarfile.TarInfo("model/model.pdiparams")
+    info.size = 5 << 30
+    path = sandbox / "in" / "bomb.edgebundle"
+    path.write_bytes(gzip.compress(_tar_header(info) + bytes(1 << 20), mtime=0))
+    assert path.stat().st_size < 4096
+    assert_refused(sandbox, path, UnsafeArchiveError, "over the limit of {}".format(4 << 30))
+
+
+def test_refuses_gzip_bomb_pax_header_over_the_decompressed_cap(sandbox):
+    """tarfile would read a PAX header into memory whole: 4 MiB of zeros, ~4 KiB compressed, over a ~1 MiB cap."""
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    pax.size = 4 << 20
+    path = sandbox / "in" / "bomb.edgebundle"
+    path.write_bytes(gzip.compress(_tar_header(pax) + bytes(pax.size + 2 * tarfile.BLOCKSIZE), mtime=0))
+    assert path.stat().st_size < (1 << 20)
+    assert_refused(
+        sandbox, path, UnsafeArchiveError, "decompresses to more than", max_total_bytes=1 << 20, max_members=4
+    )
+
+
+def test_refuses_gzip_bomb_pax_header_with_default_limits(sandbox):
+    """Within the default 8 GiB cap, but tarfile would still load the record into memory: refused before reading."""
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    pax.size = 64 << 20
+    path = sandbox / "in" / "bomb.edgebundle"
+    path.write_bytes(gzip.compress(_tar_header(pax) + bytes(pax.size + 2 * tarfile.BLOCKSIZE), mtime=0))
+    assert path.stat().st_size < (1 << 20)
+    assert_refused(sandbox, path, UnsafeArchiveError, "bomb.edgebundle holds a tar header record over")
+
+
+def test_refuses_gzip_bomb_after_the_end_of_the_tar(sandbox):
+    """A valid bundle followed, inside the gzip stream, by 32 MiB of zeros: the stream is read to its end, capped."""
+    tar_bytes = _good_tar_bytes(sandbox)
+    path = sandbox / "in" / "bomb.edgebundle"
+    path.write_bytes(gzip.compress(tar_bytes, mtime=0))
+    with open_bundle(path, staging_dir=sandbox / "staging", max_total_bytes=1 << 20, max_members=4) as bundle:
+        assert bundle.path_of("model/model.pdiparams").read_bytes() == PARAMS
+    path.write_bytes(gzip.compress(tar_bytes + bytes(32 << 20), mtime=0))
+    assert path.stat().st_size < (1 << 20)
+    assert_refused(
+        sandbox, path, UnsafeArchiveError, "decompresses to more than", max_total_bytes=1 << 20, max_members=4
+    )
+
+
+def test_refuses_to_extract_what_does_not_fit_on_disk(sandbox, monkeypatch):
+    path = write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), model_files())
+    total = sum(len(d) for d in model_files().values())
+    real_disk_usage = shutil.disk_usage
+
+    def nearly_full(folder):
+        usage = real_disk_usage(folder)
+        return usage._replace(free=total - 1)
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    before = snapshot(sandbox)
+    with pytest.raises(BundleError, match="needs {} bytes in .*only {} are free".format(total, total - 1)):
+        open_bundle(path, staging_dir=sandbox / "staging")
+    assert snapshot(sandbox) == before
+    assert verify_bundle(path).name == "pcb-defects"  # verifying writes nothing, so needs no space
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x00" * 100,
+        os.urandom(5000),
+        b"PK\x03\x04 a zip file",
+        b"\x1f\x8b" + os.urandom(5000),
+        gzip.compress(b"", mtime=0),
+        gzip.compress(os.urandom(5000), mtime=0),
+        gzip.compress(b"PK\x03\x04 a zip file", mtime=0),
+    ],
+)
 def test_refuses_what_is_not_a_tar(sandbox, content):
     path = sandbox / "in" / "junk.edgebundle"
     path.write_bytes(content)
@@ -477,44 +636,50 @@ def test_refuses_paths_that_are_not_bundle_files(sandbox):
         assert_refused(sandbox, path, BundleError, match)
 
 
-def test_refuses_missing_manifest(sandbox):
-    path = build_tar(sandbox / "in" / "b.edgebundle", [regular("model/model.pdmodel", MODEL)])
+def test_refuses_missing_manifest(sandbox, encoding):
+    path = build_tar(sandbox / "in" / "b.edgebundle", encoding, [regular("model/model.pdmodel", MODEL)])
     assert_refused(sandbox, path, IntegrityError, "has no manifest.json")
 
 
-def _bundle_with_manifest_bytes(sandbox: Path, manifest_bytes: bytes) -> Path:
-    return build_tar(sandbox / "in" / "b.edgebundle", [regular("manifest.json", manifest_bytes)])
+def _bundle_with_manifest_bytes(sandbox: Path, encoding: str, manifest_bytes: bytes) -> Path:
+    return build_tar(sandbox / "in" / "b.edgebundle", encoding, [regular("manifest.json", manifest_bytes)])
 
 
-def test_refuses_manifest_that_is_not_json(sandbox):
-    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, b"{not json"), ManifestError, "not valid JSON")
-
-
-def test_refuses_unknown_schema_version(sandbox):
-    d = make_manifest().to_dict()
-    d["schema_version"] = 2
+def test_refuses_manifest_that_is_not_json(sandbox, encoding):
     assert_refused(
-        sandbox, _bundle_with_manifest_bytes(sandbox, json.dumps(d).encode()), ManifestError, "schema_version"
+        sandbox, _bundle_with_manifest_bytes(sandbox, encoding, b"{not json"), ManifestError, "not valid JSON"
     )
 
 
-def test_refuses_manifest_with_unknown_field(sandbox):
+def test_refuses_unknown_schema_version(sandbox, encoding):
+    d = make_manifest().to_dict()
+    d["schema_version"] = 2
+    assert_refused(
+        sandbox, _bundle_with_manifest_bytes(sandbox, encoding, json.dumps(d).encode()), ManifestError, "schema_version"
+    )
+
+
+def test_refuses_manifest_with_unknown_field(sandbox, encoding):
     d = make_manifest().to_dict()
     d["run_this"] = "os.system"
-    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, json.dumps(d).encode()), ManifestError, "run_this")
+    assert_refused(
+        sandbox, _bundle_with_manifest_bytes(sandbox, encoding, json.dumps(d).encode()), ManifestError, "run_this"
+    )
 
 
-def test_refuses_manifest_with_repeated_key(sandbox):
+def test_refuses_manifest_with_repeated_key(sandbox, encoding):
     text = make_manifest().canonical_bytes().decode()
     text = text.replace('"name": "pcb-defects"', '"name": "pcb-defects", "name": "other"')
-    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, text.encode()), ManifestError, "repeats")
+    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, encoding, text.encode()), ManifestError, "repeats")
 
 
-def test_refuses_manifest_listing_unsafe_path(sandbox):
+def test_refuses_manifest_listing_unsafe_path(sandbox, encoding):
     manifest = make_manifest(files=(entry("../evil", b"x"),))
-    assert_refused(sandbox, _bundle_with_manifest_bytes(sandbox, manifest.canonical_bytes()), ManifestError, "evil")
+    assert_refused(
+        sandbox, _bundle_with_manifest_bytes(sandbox, encoding, manifest.canonical_bytes()), ManifestError, "evil"
+    )
 
 
-def test_refuses_oversized_manifest(sandbox):
-    path = build_tar(sandbox / "in" / "b.edgebundle", [regular("manifest.json", b" " * ((16 << 20) + 1))])
+def test_refuses_oversized_manifest(sandbox, encoding):
+    path = build_tar(sandbox / "in" / "b.edgebundle", encoding, [regular("manifest.json", b" " * ((16 << 20) + 1))])
     assert_refused(sandbox, path, UnsafeArchiveError, "manifest.json")

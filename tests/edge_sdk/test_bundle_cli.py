@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -57,16 +58,21 @@ def test_verify_ok(tmp_path, bundle):
 def test_verify_corrupt_bundle_prints_one_error_line(tmp_path, bundle):
     with tarfile.open(str(bundle)) as tar:
         offset = tar.getmember("model/model.pdiparams").offset_data
-    data = bytearray(bundle.read_bytes())
+    data = bytearray(gzip.decompress(bundle.read_bytes()))
     data[offset + 100] ^= 0xFF
     corrupt = tmp_path / "corrupt.edgebundle"
-    corrupt.write_bytes(bytes(data))
+    corrupt.write_bytes(gzip.compress(bytes(data), mtime=0))  # a well-formed gzip holding a tampered member
     assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "sha256")
+
+    damaged = bytearray(bundle.read_bytes())
+    damaged[len(damaged) - 6] ^= 0xFF  # the gzip CRC trailer
+    corrupt.write_bytes(bytes(damaged))
+    assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "corrupt compressed data")
 
 
 def test_verify_truncated_and_missing_bundles(tmp_path, bundle):
     truncated = tmp_path / "truncated.edgebundle"
-    truncated.write_bytes(bundle.read_bytes()[:3000])
+    truncated.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
     assert_one_error_line(edge_sdk("bundle", "verify", str(truncated), cwd=tmp_path), "truncated")
     assert_one_error_line(edge_sdk("bundle", "verify", "nope.edgebundle", cwd=tmp_path), "does not exist")
 
