@@ -206,77 +206,66 @@ def finetune(
     """Fine-tune `student` in place on `train_records` for `epochs` with the detection loss, plus
     `distill.weight` x distillation from `teacher` when both are given.
 
-    train_cfg: a compress.recipe.TrainSection (batch size, optimizer, augmentation, EMA, loss); the
-    schedule is cosine from `lr` (default train_cfg.lr) with at most one epoch of warm-up. With EMA
-    the student ends up holding the EMA weights. val_set: evaluated (mAP@.5 and mAP) at the end.
-    progress(epoch, losses) after each epoch. This is a minimal loop for the prune/distill stages
-    until compress.train.train accepts a prebuilt model and an extra loss (see the report).
+    train_cfg: a compress.recipe.TrainSection (batch size, accumulation, AMP on a GPU, optimizer,
+    augmentation, EMA, loss); the schedule is cosine from `lr` (default train_cfg.lr) with at most
+    one epoch of warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated
+    (mAP@.5 and mAP) at the end. progress(epoch, losses) after each epoch.
+    The steps are compress.train.Trainer's, with the Distiller as its extra loss; the epoch loop is
+    this function's own: compress.train.train's also resumes, checkpoints and runs data parallel.
     """
-    from compress.loss import YOLOv3Loss
-    from compress.train import ModelEMA, evaluate_net, lr_at, make_optimizer
-    from compress.transforms import DetectionDataset, MultiScaleBatchSampler, make_loader
+    from compress.train import (
+        ModelEMA,
+        Trainer,
+        evaluate_net,
+        lr_at,
+        make_loss,
+        make_optimizer,
+        make_training_data,
+        use_gpu,
+    )
 
+    data = make_training_data(train_records, input_size, train_cfg)
     distiller = (
         Distiller(teacher, student, distill.weight, distill.feature_weight) if teacher is not None and distill else None
     )
-    loss_fn = YOLOv3Loss(
-        student.num_classes,
-        student.anchors,
-        student.anchor_masks,
-        student.downsample_ratios,
-        train_cfg.loss.ignore_thresh,
-        train_cfg.loss.label_smooth,
-    )
-    dataset = DetectionDataset(train_records, input_size, train_cfg.augment, train_cfg.max_boxes, train_cfg.seed)
-    sampler = MultiScaleBatchSampler(
-        dataset, train_cfg.batch_size, train_cfg.multi_scale or [input_size], train_cfg.seed
-    )
-    if len(sampler) == 0:
-        raise DataError("the training set has no full batch of {} images".format(train_cfg.batch_size))
-    loader = make_loader(dataset, sampler, train_cfg.num_workers)
     trainable = nn.LayerList([student] + ([distiller.loss] if distiller is not None else []))
     schedule = dataclasses.replace(
         train_cfg,
         epochs=int(epochs),
         lr=float(train_cfg.lr if lr is None else lr),
         schedule="cosine",
-        warmup_steps=min(int(train_cfg.warmup_steps), len(sampler)),
+        warmup_steps=min(int(train_cfg.warmup_steps), data.steps_per_epoch),
     )
-    optimizer = make_optimizer(trainable, schedule)
-    ema = ModelEMA(student, train_cfg.ema_decay) if train_cfg.ema else None
+    trainer = Trainer(
+        student,
+        make_loss(student, train_cfg),
+        make_optimizer(trainable, schedule),
+        train_cfg.accumulate_steps,
+        use_amp=bool(train_cfg.amp) and use_gpu(),
+        ema=ModelEMA(student, train_cfg.ema_decay) if train_cfg.ema else None,
+        extra_loss=distiller,
+    )
+
+    def lr_of_step(step: int) -> float:
+        return lr_at(step, data.steps_per_epoch, schedule)
+
     history: List[Dict[str, Any]] = []
-    step = 0
     try:
         for epoch in range(int(epochs)):
             student.train()
-            dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch)
+            data.set_epoch(epoch)
             sums: Dict[str, float] = {}
             started = time.time()
             batches = 0
-            for images, gt_box, gt_class, gt_score in loader:
-                optimizer.set_lr(lr_at(step, len(sampler), schedule))
-                outputs = student(images)
-                losses = loss_fn(outputs, gt_box, gt_class, gt_score, images.shape[2:4])
-                total = losses["loss"]
-                parts = {k: float(v) for k, v in losses.items()}
-                if distiller is not None:
-                    total = total + distiller.extra_loss(images, outputs)
-                    parts.update(distiller.last)
-                if not math.isfinite(float(total)):
+            for losses, _ in trainer.epoch(data.loader, data.micro_batches, lr_of_step):
+                if not all(math.isfinite(v) for v in losses.values()):
                     raise DataError(
                         "the fine-tuning loss became {} at epoch {}: lower the learning rate".format(
-                            float(total), epoch + 1
+                            losses["loss"] + losses.get("distill", 0.0), epoch + 1
                         )
                     )
-                total.backward()
-                optimizer.step()
-                optimizer.clear_grad()
-                if ema is not None:
-                    ema.update(student)
-                step += 1
                 batches += 1
-                for k, v in parts.items():
+                for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
             record: Dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
             record.update({"epoch": epoch + 1, "seconds": round(time.time() - started, 2)})
@@ -286,8 +275,8 @@ def finetune(
     finally:
         if distiller is not None:
             distiller.close()
-    if ema is not None:
-        student.set_state_dict(ema.state)
+    if trainer.ema is not None:
+        student.set_state_dict(trainer.ema.state)
     student.eval()
     result = FinetuneResult(history=history)
     if val_set is not None:

@@ -485,15 +485,3 @@ def save_pruned(model: nn.Layer, path: Union[str, Path], extra: Optional[Mapping
     if plan is None:
         raise RecipeError("save_pruned needs a model returned by prune_to_target or load_pruned")
     return atomic_save({"model": model.state_dict(), "prune_plan": plan, **dict(extra or {})}, Path(path))
-
-
-def load_pruned_checkpoint(path: Union[str, Path]) -> nn.Layer:
-    """The pruned YOLOv3 written by `save_pruned`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("no pruned checkpoint at {}".format(path))
-    saved = paddle.load(str(path))
-    plan = saved.get("prune_plan") if isinstance(saved, dict) else None
-    if not plan:
-        raise DataError("{} is not a pruned checkpoint (no prune_plan)".format(path))
-    return load_pruned(plan["arch"], plan["num_classes"], plan["width"], plan, saved["model"])

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -212,10 +212,17 @@ class ModelEMA:
                 self.state[key].set_value(value)
 
 
+ExtraLoss = Callable[[paddle.Tensor, Sequence[paddle.Tensor]], paddle.Tensor]
+
+
 class Trainer:
     """One optimisation step over `accumulate_steps` micro-batches (loss scaled by 1/k), with AMP.
 
     `model` is what runs forward (possibly a paddle.DataParallel); `net` the YOLOv3 inside.
+    extra_loss(images, outputs) -> scalar Tensor, added to the detection loss of each micro-batch
+    (outputs: the model's raw head maps [N, A*(5+K), H, W] for `images` [N, 3, H, W]); when the
+    callable has a `last` dict of floats after the call (compress.distill.Distiller), those parts
+    join the returned losses. `steps` counts the optimizer steps applied (set it when resuming).
     """
 
     def __init__(
@@ -227,6 +234,7 @@ class Trainer:
         use_amp: bool = False,
         ema: Optional[ModelEMA] = None,
         model: Optional[nn.Layer] = None,
+        extra_loss: Optional[ExtraLoss] = None,
     ) -> None:
         self.net = net
         self.model = model if model is not None else net
@@ -236,7 +244,9 @@ class Trainer:
         self.use_amp = bool(use_amp)
         self.scaler = paddle.amp.GradScaler(enable=self.use_amp, init_loss_scaling=1024.0)
         self.ema = ema
+        self.extra_loss = extra_loss
         self.pending = 0
+        self.steps = 0
 
     def micro_batch(self, batch: Sequence[Any], sync: bool = True) -> Dict[str, float]:
         """Forward + backward of one micro-batch (image, gt_box, gt_class, gt_score); returns its losses.
@@ -250,10 +260,14 @@ class Trainer:
             with paddle.amp.auto_cast(enable=self.use_amp, level="O1"):
                 outputs = self.model(images)
             losses = self.loss_fn(outputs, gt_box, gt_class, gt_score, size)
-            loss = losses["loss"] / self.accumulate_steps
-            self.scaler.scale(loss).backward()
+            parts = {k: float(v) for k, v in losses.items()}
+            total = losses["loss"]
+            if self.extra_loss is not None:
+                total = total + self.extra_loss(images, outputs)
+                parts.update(getattr(self.extra_loss, "last", None) or {})
+            self.scaler.scale(total / self.accumulate_steps).backward()
         self.pending += 1
-        return {k: float(v) for k, v in losses.items()}
+        return parts
 
     def step(self) -> None:
         """Apply the accumulated gradients, clear them, update the EMA."""
@@ -263,19 +277,37 @@ class Trainer:
         self.scaler.update()
         self.optimizer.clear_grad()
         self.pending = 0
+        self.steps += 1
         if self.ema is not None:
             self.ema.update(self.net)
 
+    def epoch(
+        self,
+        batches: Iterable[Sequence[Any]],
+        micro_batches: int,
+        lr_schedule: Optional[Callable[[int], float]] = None,
+    ) -> Iterator[Tuple[Dict[str, float], float]]:
+        """One pass over `batches` (`micro_batches` of them): yields (losses, lr) of each micro-batch.
+
+        Before each micro-batch the learning rate is set to lr_schedule(self.steps) (None: left as is);
+        the optimizer steps after every `accumulate_steps` micro-batches and after the last one, each
+        time after the yield of the micro-batch closing the group, so a caller that raises on a
+        non-finite loss stops before the update.
+        """
+        for i, batch in enumerate(batches):
+            closes_step = (i + 1) % self.accumulate_steps == 0 or i == micro_batches - 1
+            if lr_schedule is not None:
+                self.optimizer.set_lr(lr_schedule(self.steps))
+            yield self.micro_batch(batch, sync=closes_step), self.optimizer.get_lr()
+            if closes_step:
+                self.step()
+        if self.pending:
+            self.step()
+
     def fit(self, batches: Iterable[Sequence[Any]]) -> List[Dict[str, float]]:
         """Micro-batches in order; a step after every `accumulate_steps` of them and after the last."""
-        out = []
         batches = list(batches)
-        for i, batch in enumerate(batches):
-            last = (i + 1) % self.accumulate_steps == 0 or i == len(batches) - 1
-            out.append(self.micro_batch(batch, sync=last))
-            if last:
-                self.step()
-        return out
+        return [losses for losses, _ in self.epoch(batches, len(batches))]
 
 
 class _nullcontext:
@@ -298,6 +330,59 @@ def make_optimizer(net: nn.Layer, train_cfg: Any) -> paddle.optimizer.Optimizer:
         parameters=net.parameters(),
         weight_decay=paddle.regularizer.L2Decay(train_cfg.weight_decay) if train_cfg.weight_decay else None,
     )
+
+
+def make_loss(net: nn.Layer, train_cfg: Any) -> YOLOv3Loss:
+    """The YOLOv3 loss for `net`'s classes, anchors and strides with the recipe's train.loss settings."""
+    return YOLOv3Loss(
+        net.num_classes,
+        net.anchors,
+        net.anchor_masks,
+        net.downsample_ratios,
+        train_cfg.loss.ignore_thresh,
+        train_cfg.loss.label_smooth,
+        train_cfg.loss.iou_thresh,
+    )
+
+
+@dataclass
+class TrainingData:
+    """The augmented training set, its multi-scale batch sampler and loader for one process.
+
+    micro_batches: batches per epoch; steps_per_epoch: optimizer steps per epoch (one per
+    `accumulate_steps` micro-batches, the last group possibly shorter), what `lr_at` counts in.
+    """
+
+    dataset: Any
+    sampler: Any
+    loader: Any
+    steps_per_epoch: int
+
+    @property
+    def micro_batches(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the augmentations and the shuffle for `epoch` (0-based)."""
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+
+def make_training_data(
+    records: Sequence[ImageRecord], input_size: int, train_cfg: Any, rank: int = 0, world: int = 1
+) -> TrainingData:
+    """Dataset (train_cfg.augment), sampler (batch_size, multi_scale or [input_size], seed, this
+    rank's share of `world` processes) and loader (num_workers). Raises DataError without a full batch."""
+    from compress.transforms import DetectionDataset, MultiScaleBatchSampler, make_loader
+
+    dataset = DetectionDataset(records, input_size, train_cfg.augment, train_cfg.max_boxes, train_cfg.seed)
+    sampler = MultiScaleBatchSampler(
+        dataset, train_cfg.batch_size, train_cfg.multi_scale or [input_size], train_cfg.seed, True, True, rank, world
+    )
+    if len(sampler) == 0:
+        raise DataError("the training set has no full batch of {} images".format(train_cfg.batch_size))
+    loader = make_loader(dataset, sampler, train_cfg.num_workers)
+    return TrainingData(dataset, sampler, loader, math.ceil(len(sampler) / int(train_cfg.accumulate_steps)))
 
 
 def _rename_keys(state: Dict[str, Any], mapping: Dict[str, str]) -> Dict[str, Any]:
@@ -441,10 +526,18 @@ def load_datasets(recipe: Recipe, data_dir: Path) -> Tuple[Dataset, Dataset]:
 
 
 def load_trained(checkpoint: Path) -> nn.Layer:
-    """Rebuild the YOLOv3 saved in a best.pdparams (eval mode)."""
+    """Rebuild the YOLOv3 saved in a best.pdparams, or the pruned one of a checkpoint carrying a
+    prune_plan (compress.prune.save_pruned), in eval mode."""
     from compress.models import build_yolov3
 
+    if not Path(checkpoint).is_file():
+        raise DataError("no checkpoint at {}".format(checkpoint))
     saved = paddle.load(str(checkpoint))
+    plan = saved.get("prune_plan")
+    if plan:
+        from compress.prune import load_pruned
+
+        return load_pruned(plan["arch"], plan["num_classes"], plan["width"], plan, saved["model"])
     net = build_yolov3(saved["arch"], len(saved["classes"]), saved["width"], saved["anchors"])
     net.set_state_dict(saved["model"])
     net.eval()
@@ -464,7 +557,8 @@ def _distributed() -> Tuple[int, int]:
     return paddle.distributed.get_rank(), world
 
 
-def _use_gpu() -> bool:
+def use_gpu() -> bool:
+    """True when Paddle was built with CUDA and sees a GPU."""
     return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
@@ -484,56 +578,41 @@ def train(
     """
     from rich.console import Console
 
-    from compress.transforms import DetectionDataset, MultiScaleBatchSampler, make_loader
-
     console = Console(stderr=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = recipe.train
     rank, world = _distributed()
     main_rank = rank == 0
-    use_gpu = _use_gpu()
-    paddle.set_device("gpu:{}".format(paddle.distributed.ParallelEnv().device_id) if use_gpu else "cpu")
-    use_amp = cfg.amp and use_gpu
-    if not use_gpu and world == 1 and "OMP_NUM_THREADS" not in os.environ:
+    on_gpu = use_gpu()
+    paddle.set_device("gpu:{}".format(paddle.distributed.ParallelEnv().device_id) if on_gpu else "cpu")
+    use_amp = cfg.amp and on_gpu
+    if not on_gpu and world == 1 and "OMP_NUM_THREADS" not in os.environ:
         paddle.base.core.set_num_threads(os.cpu_count() or 1)  # dygraph CPU math defaults to 1 thread
-    if cfg.amp and not use_gpu and main_rank:
+    if cfg.amp and not on_gpu and main_rank:
         console.print("note: AMP skipped (no GPU); training in float32 on the CPU")
 
     train_set, val_set = load_datasets(recipe, data_dir)
     classes = tuple(train_set.classes)
     anchors = resolve_anchors(recipe, train_set.images)
     net = build_model(recipe, len(classes), anchors)
-    loss_fn = YOLOv3Loss(
-        len(classes),
-        net.anchors,
-        net.anchor_masks,
-        net.downsample_ratios,
-        cfg.loss.ignore_thresh,
-        cfg.loss.label_smooth,
-        cfg.loss.iou_thresh,
-    )
     model: nn.Layer = net
     if world > 1:
         model = paddle.DataParallel(net, find_unused_parameters=cfg.freeze_backbone_epochs > 0)
     optimizer = make_optimizer(net, cfg)
     ema = ModelEMA(net, cfg.ema_decay) if cfg.ema else None
-    trainer = Trainer(net, loss_fn, optimizer, cfg.accumulate_steps, use_amp, ema, model)
+    trainer = Trainer(net, make_loss(net, cfg), optimizer, cfg.accumulate_steps, use_amp, ema, model)
 
     input_size = recipe.model.input_size
-    dataset = DetectionDataset(train_set.images, input_size, cfg.augment, cfg.max_boxes, cfg.seed)
-    sampler = MultiScaleBatchSampler(
-        dataset, cfg.batch_size, cfg.multi_scale or [input_size], cfg.seed, True, True, rank, world
-    )
-    loader = make_loader(dataset, sampler, cfg.num_workers)
-    micro_per_epoch = len(sampler)
-    if micro_per_epoch == 0:
-        raise DataError("the training set has no full batch of {} images".format(cfg.batch_size))
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.accumulate_steps)
+    data = make_training_data(train_set.images, input_size, cfg, rank, world)
+    micro_per_epoch = data.micro_batches
+
+    def lr_of_step(step: int) -> float:
+        return lr_at(step, data.steps_per_epoch, cfg)
 
     last_path, best_path = out_dir / LAST_CHECKPOINT, out_dir / BEST_CHECKPOINT
     history: List[Dict[str, Any]] = []
-    start_epoch, step, best_map50 = 0, 0, None
+    start_epoch, best_map50 = 0, None
     if resume:
         if not last_path.is_file():
             raise DataError("--resume: no checkpoint at {}".format(last_path))
@@ -544,7 +623,7 @@ def train(
             ema.set_state_dict(saved["ema"])
         if saved.get("scaler"):
             trainer.scaler.load_state_dict(saved["scaler"])
-        start_epoch, step = int(saved["epoch"]), int(saved["step"])
+        start_epoch, trainer.steps = int(saved["epoch"]), int(saved["step"])
         history, best_map50 = list(saved["history"]), saved.get("best_map50")
         if saved.get("recipe_sha256") != recipe.sha256 and main_rank:
             console.print("note: the recipe changed since this checkpoint was written; continuing with the new one")
@@ -568,7 +647,7 @@ def train(
                 "ema": ema.state_dict() if ema is not None else None,
                 "scaler": trainer.scaler.state_dict(),
                 "epoch": epoch_done,
-                "step": step,
+                "step": trainer.steps,
                 "history": history,
                 "best_map50": best_map50,
                 **meta,
@@ -605,34 +684,25 @@ def train(
                 frozen = epoch < cfg.freeze_backbone_epochs
                 model.train()
                 set_backbone_frozen(net, frozen)
-                dataset.set_epoch(epoch)
-                sampler.set_epoch(epoch)
+                data.set_epoch(epoch)
                 started = time.time()
                 sums: Dict[str, float] = {}
                 seen = 0
                 bar.start_epoch(epoch)
-                for i, batch in enumerate(loader):
-                    last_micro = (i + 1) % cfg.accumulate_steps == 0 or i == micro_per_epoch - 1
-                    lr = lr_at(step, steps_per_epoch, cfg)
-                    optimizer.set_lr(lr)
-                    losses = trainer.micro_batch(batch, sync=last_micro)
-                    if last_micro:
-                        trainer.step()
-                        step += 1
+                for losses, lr in trainer.epoch(data.loader, micro_per_epoch, lr_of_step):
                     if not all(math.isfinite(v) for v in losses.values()):
                         raise DataError(
                             "the loss became {} at epoch {}, iteration {}: lower train.lr".format(
-                                losses["loss"], epoch + 1, i + 1
+                                losses["loss"], epoch + 1, seen + 1
                             )
                         )
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
                     seen += 1
                     bar.advance(losses["loss"], lr)
-                trainer.step()
                 record: Dict[str, Any] = {
                     "epoch": epoch + 1,
-                    "lr": lr_at(step, steps_per_epoch, cfg),
+                    "lr": lr_of_step(trainer.steps),
                     "frozen_backbone": frozen,
                 }
                 record.update({k: v / max(seen, 1) for k, v in sums.items()})

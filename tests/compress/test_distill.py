@@ -123,3 +123,74 @@ def test_finetune_with_a_teacher_runs_and_reports_both_losses(tmp_path):
     assert "map50" in record
     assert not student.training
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def _finetune_setup(tmp_path, images=8):
+    from edge_sdk.data.coco import load_coco
+    from edge_sdk.data.synth import synthesize
+
+    train_json, _ = synthesize(tmp_path / "data", images + 2, seed=4, size=(96, 96), val_fraction=0.2, progress=False)
+    train_set = load_coco(train_json)
+    paddle.seed(0)
+    teacher = build_yolov3("mobilenet_v1", len(train_set.classes), width=0.25)
+    return train_set, teacher
+
+
+def _student(num_classes):
+    paddle.seed(1)
+    return build_yolov3("mobilenet_v1", num_classes, width=0.125)
+
+
+def test_finetune_steps_with_the_distillation_loss_and_accumulates(tmp_path):
+    from compress.recipe import TrainSection
+
+    train_set, teacher = _finetune_setup(tmp_path)
+    classes = len(train_set.classes)
+    states, histories = {}, {}
+    runs = {
+        "plain": dict(accumulate_steps=1, teacher=None),
+        "distill": dict(accumulate_steps=1, teacher=teacher),
+        "distill_accumulated": dict(accumulate_steps=2, teacher=teacher),
+    }
+    for name, run in runs.items():
+        cfg = TrainSection(
+            batch_size=4,
+            accumulate_steps=run["accumulate_steps"],
+            lr=1e-3,
+            optimizer="adamw",
+            warmup_steps=0,
+            ema=False,
+            amp=False,
+            num_workers=0,
+        )
+        student = _student(classes)
+        paddle.seed(7)
+        result = finetune(
+            student, train_set.images, SIZE, cfg, 1, teacher=run["teacher"], distill=DistillSection(1.0, 0.0, 1)
+        )
+        states[name] = {k: v.numpy().copy() for k, v in student.state_dict().items()}
+        histories[name] = result.history[-1]
+
+    def differing(a, b):
+        return sum(not np.allclose(states[a][k], states[b][k], rtol=1e-6, atol=1e-7) for k in states[a])
+
+    assert differing("plain", "distill") > 10  # the distillation loss reached the gradients
+    assert differing("distill", "distill_accumulated") > 10  # one step of 8 images instead of two of 4
+    assert "distill" not in histories["plain"]
+    for name in ("distill", "distill_accumulated"):
+        record = histories[name]
+        assert record["distill"] > 0 and {"distill_xy", "distill_wh", "distill_cls", "distill_obj"} <= set(record)
+
+
+def test_finetune_stops_on_a_non_finite_loss(tmp_path):
+    from compress.recipe import TrainSection
+    from edge_sdk.errors import DataError
+
+    train_set, teacher = _finetune_setup(tmp_path, images=4)
+    for param in teacher.parameters():
+        param.set_value(paddle.full(param.shape, float("nan"), param.dtype))
+    cfg = TrainSection(batch_size=4, lr=1e-3, warmup_steps=0, ema=False, amp=False, num_workers=0)
+    with pytest.raises(DataError, match="fine-tuning loss became nan at epoch 1"):
+        finetune(
+            _student(len(train_set.classes)), train_set.images, SIZE, cfg, 1, teacher=teacher, distill=DistillSection()
+        )

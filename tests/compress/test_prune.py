@@ -16,13 +16,13 @@ from compress.flops import model_flops  # noqa: E402
 from compress.models import build_yolov3  # noqa: E402
 from compress.prune import (  # noqa: E402
     load_pruned,
-    load_pruned_checkpoint,
     prunable_groups,
     prune_to_target,
     rounded_ratio,
     save_pruned,
 )
 from compress.sensitivity import cache_key, sensitivity  # noqa: E402
+from compress.train import load_trained  # noqa: E402
 from edge_sdk.errors import RecipeError  # noqa: E402
 
 SIZE = (96, 96)
@@ -145,7 +145,7 @@ def test_pruned_checkpoint_round_trip(pruned, tmp_path):
     model = pruned[0]
     path = save_pruned(model, tmp_path / "pruned.pdparams", extra={"classes": ["a"] * NUM_CLASSES})
     plan = json.loads(json.dumps(model.prune_plan))  # the plan is plain JSON
-    restored = load_pruned_checkpoint(path)
+    restored = load_trained(path)
     for a, b in zip(_outputs(model), _outputs(restored)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     again = load_pruned(plan["arch"], plan["num_classes"], plan["width"], plan, model.state_dict())

@@ -275,3 +275,51 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_data: Path, tmp_path: Path
     saved = paddle.load(str(workdir / "train" / LAST_CHECKPOINT))
     assert saved["epoch"] >= 2 and len(saved["history"]) == saved["epoch"]
     assert not [p for p in (workdir / "train").iterdir() if ".tmp" in p.name]
+
+
+class _OutputEnergy:
+    """An extra loss: weight x the batch mean of each image's summed squared head outputs; parts in `last`."""
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.last = {}
+
+    def __call__(self, images, outputs):
+        value = self.weight * sum((o.astype("float32") ** 2).sum([1, 2, 3]).mean() for o in outputs)
+        self.last = {"energy": float(value)}
+        return value
+
+
+def test_extra_loss_is_added_and_accumulates_like_one_big_batch() -> None:
+    micro = [_tiny_batch(1, 2), _tiny_batch(2, 2)]
+    big = tuple(paddle.concat([a, b]) for a, b in zip(*micro))
+    results, returned = [], []
+    for k, batches, extra in ((2, micro, _OutputEnergy(1e-3)), (1, [big], _OutputEnergy(1e-3)), (1, [big], None)):
+        net = _build()
+        net.eval()  # BatchNorm on running statistics: see test_gradient_accumulation_equals_one_big_batch
+        loss_fn = YOLOv3Loss(3, net.anchors, net.anchor_masks)
+        optimizer = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=net.parameters())
+        returned.append(Trainer(net, loss_fn, optimizer, accumulate_steps=k, extra_loss=extra).fit(batches))
+        results.append(_state(net))
+    for key in results[0]:
+        np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-5, atol=1e-5, err_msg=key)
+    assert sum(not np.allclose(results[1][k], results[2][k]) for k in results[1]) > 10  # the extra loss mattered
+    assert all(r["energy"] > 0 and "loss" in r for r in returned[0] + returned[1])
+    assert all("energy" not in r for r in returned[2])
+
+
+def test_load_trained_rebuilds_a_pruned_checkpoint(tmp_path: Path) -> None:
+    from compress.prune import prune_to_target, save_pruned
+    from compress.train import load_trained
+
+    net = _build()
+    net.eval()
+    pruned, _, before, after = prune_to_target(net, (64, 64), 0.5, None)
+    path = save_pruned(pruned, tmp_path / "pruned.pdparams", {"classes": ["a", "b", "c"]})
+    restored = load_trained(path)
+    assert restored.prune_plan == pruned.prune_plan and not restored.training
+    image = paddle.to_tensor(np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32))
+    with paddle.no_grad():
+        for a, b in zip(pruned(image), restored(image)):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    assert after < 0.6 * before
