@@ -176,7 +176,7 @@ def run(
             out, last.stage, ", ".join(m.stage for m in metrics)
         )
     )
-    bundle = with_metrics(last.path(workdir, "bundle"), out, metrics)
+    bundle = rewrite_bundle(last.path(workdir, "bundle"), out, metrics, recipe_sha256=recipe.sha256)
     notes = []
     prune = next((r for r in result.records if r.stage == "prune"), None)
     if prune is not None:
@@ -206,9 +206,16 @@ def _read_history(path: Path) -> List[Dict[str, Any]]:
         return []
 
 
-def with_metrics(draft: Path, out: Path, metrics: Any) -> Path:
-    """Re-write bundle `draft` as `out` with `metrics` in its manifest and the very same member files
-    (the model that was measured is byte for byte the one shipped)."""
+def rewrite_bundle(
+    draft: Path,
+    out: Path,
+    metrics: Any = None,
+    extra_files: Optional[Dict[str, Any]] = None,
+    recipe_sha256: Optional[str] = None,
+) -> Path:
+    """Re-write bundle `draft` as `out` with the very same member files (the model that was measured is
+    byte for byte the one shipped), plus `extra_files` (archive name -> bytes or path); `metrics` and
+    `recipe_sha256` (provenance) replace the manifest's when given."""
     import dataclasses
 
     from edge_sdk.bundle import open_bundle, write_bundle
@@ -216,8 +223,15 @@ def with_metrics(draft: Path, out: Path, metrics: Any) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open_bundle(draft) as bundle:
-        manifest = dataclasses.replace(bundle.manifest, metrics=tuple(metrics), files=(), created_at="")
+        manifest = dataclasses.replace(bundle.manifest, files=(), created_at="")
+        if metrics is not None:
+            manifest = dataclasses.replace(manifest, metrics=tuple(metrics))
+        if recipe_sha256 is not None:
+            manifest = dataclasses.replace(
+                manifest, provenance=dataclasses.replace(manifest.provenance, recipe_sha256=recipe_sha256)
+            )
         files = {entry.path: bundle.path_of(entry.path) for entry in bundle.manifest.files}
+        files.update(extra_files or {})
         return Path(write_bundle(out, manifest, files))
 
 

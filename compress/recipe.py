@@ -131,7 +131,12 @@ class PostprocessSection:
 
 @dataclass(frozen=True)
 class ExportSection:
+    """How every stage's bundle is written. golden_images: val images shipped with the bundle's own FP32
+    detections (an INT8 bundle carries those of the FP32 model it was quantized from), which the robot
+    checks after install (device.golden); 0 ships none."""
+
     postprocess: PostprocessSection = field(default_factory=PostprocessSection)
+    golden_images: int = _f(2, minimum=0)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ recomputed changes its output hash, which invalidates every later stage.
 Each stage is measured the way the robot runs it: its model exported as a bundle (WORKDIR/<stage>/
 model.edgebundle) and run through device.pipeline.Detector (Paddle Inference on the CPU) on the val set:
 mAP@.5, mAP, median latency; FLOPs and parameters from the dygraph model; bytes = the bundle file's size.
+Every stage bundle is one that could be flashed: it carries export.golden_images golden images.
 
 Stages:
 - train: compress.train.train -> train/best.pdparams.
@@ -18,7 +19,7 @@ Stages:
   -> distill/student.pdparams.
 - int8: PTQ of the last FP32 stage's bundle on a calibration set chosen from the training set, within
   int8.budget_map50 (calibration.budget); with int8.fallback "qat", QAT when PTQ stays over budget. The
-  INT8 bundle carries golden detections of the FP32 bundle and the calibration set's sha256.
+  INT8 bundle carries the FP32 bundle's golden images and detections and the calibration set's sha256.
 - export: the last stage's bundle re-written with every stage's metrics (never cached: it is cheap).
 """
 
@@ -39,7 +40,7 @@ STAGE_ORDER = ("train", "prune", "distill", "int8", "export")
 CACHED_STAGES = ("train", "prune", "distill", "int8")
 DONE_FILE = "done.json"
 BUNDLE_FILE = "model.edgebundle"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 FINETUNE_LR_FRACTION = 0.5
 """Fine-tuning after pruning (and distillation) runs at this fraction of train.lr: the model is trained."""
 
@@ -208,25 +209,43 @@ def previous_stage(pipeline: Sequence[str], stage: str) -> Optional[str]:
 
 
 def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any = None) -> Any:
-    """Export `net` as WORKDIR/<stage>/model.edgebundle and measure it; returns its StageMetrics."""
+    """Export `net` as WORKDIR/<stage>/model.edgebundle with export.golden_images golden images (its own
+    detections, see device.golden) and measure it; returns (StageMetrics, per-class AP list)."""
+    from calibration.golden import make_golden
     from compress.export import export_bundle
     from compress.flops import count_params, model_flops
+    from compress.pipeline import rewrite_bundle
 
     size = ctx.input_size
     bundle = ctx.workdir / stage / BUNDLE_FILE
-    classes = list(ctx.val_set.classes)
+    draft = bundle.with_name("draft-" + BUNDLE_FILE)
     export_bundle(
         net,
-        classes,
+        list(ctx.val_set.classes),
         (size, size),
-        bundle,
+        draft,
         ctx.recipe.output.name,
         ctx.recipe.output.version,
         ctx.postprocess,
         (),
         provenance or ctx.provenance(),
     )
+    golden = make_golden(draft, ctx.val_set.images, ctx.recipe.export.golden_images)
+    rewrite_bundle(draft, bundle, extra_files=golden)
+    draft.unlink()
     return measure_stage(ctx, stage, bundle, float(model_flops(net, (size, size))), float(count_params(net)))
+
+
+def golden_members(bundle: Any) -> Dict[str, bytes]:
+    """The golden members (archive name -> bytes) of an opened Bundle: what an INT8 bundle copies from the
+    FP32 bundle it was quantized from, so it ships the FP32 model's detections."""
+    from device.golden import GOLDEN_DIR, GOLDEN_JSON
+
+    return {
+        entry.path: bundle.path_of(entry.path).read_bytes()
+        for entry in bundle.manifest.files
+        if entry.path == GOLDEN_JSON or entry.path.startswith(GOLDEN_DIR + "/")
+    }
 
 
 def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[float], params: Optional[float]) -> Any:
@@ -306,11 +325,11 @@ def run_prune_stage(ctx: StageContext, previous: StageRecord) -> Any:
 
 
 def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: StageRecord) -> Any:
-    from compress.prune import load_pruned_checkpoint, save_pruned
+    from compress.prune import save_pruned
     from compress.train import load_trained
 
     cfg = section_of(ctx.recipe, "distill")
-    student = load_pruned_checkpoint(previous.path(ctx.workdir, "checkpoint"))
+    student = load_trained(previous.path(ctx.workdir, "checkpoint"))
     teacher = load_trained(teacher_record.path(ctx.workdir, "checkpoint"))
     ctx.log(
         "distilling: {} epochs, weight {:g}, feature weight {:g}".format(cfg.epochs, cfg.weight, cfg.feature_weight)
@@ -324,19 +343,10 @@ def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: 
     return {"checkpoint": "student.pdparams", "bundle": BUNDLE_FILE}, metrics, info
 
 
-def load_stage_model(ctx: StageContext, record: StageRecord) -> Any:
-    """The dygraph model a train/prune/distill record holds."""
-    from compress.prune import load_pruned_checkpoint
-    from compress.train import load_trained
-
-    checkpoint = record.path(ctx.workdir, "checkpoint")
-    return load_trained(checkpoint) if record.stage == "train" else load_pruned_checkpoint(checkpoint)
-
-
 def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
     from calibration.budget import AccuracyBudgetExceeded, int8_manifest, quantize_within_budget
     from calibration.calibration_set import select_calibration_set
-    from calibration.golden import make_golden
+    from compress.train import load_trained
     from edge_sdk.bundle import open_bundle, write_bundle
     from edge_sdk.manifest import Quantization
 
@@ -350,6 +360,7 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
     info: Dict[str, Any] = {"from": previous.stage}
     with open_bundle(fp32_bundle) as bundle:
         manifest = bundle.manifest
+        golden = golden_members(bundle)
         fp32_dir = bundle.path_of("model/model.pdmodel").parent
         ctx.log(
             "INT8: PTQ ({}, {} calibration images) of the {} bundle".format(cfg.algo, len(calibration), previous.stage)
@@ -380,7 +391,7 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
             ctx.log("INT8: {}; falling back to QAT".format(exc))
             qat = section_of(ctx.recipe, "qat")
             quantize_aware_train(
-                load_stage_model(ctx, previous),
+                load_trained(previous.path(ctx.workdir, "checkpoint")),
                 ctx.train_set,
                 ctx.input_size,
                 model_dir,
@@ -390,7 +401,6 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
             )
             quantization = Quantization(method="qat", calibration_images=0)
             info.update(fp32_map50=exc.fp32_map50, ptq_map50=exc.int8_map50, qat=True)
-    golden = make_golden(fp32_bundle, ctx.val_set.images, cfg.golden_images)
     provenance = dataclasses.replace(manifest.provenance, calibration_sha256=calibration.sha256)
     int8 = dataclasses.replace(int8_manifest(manifest, quantization), provenance=provenance, files=(), created_at="")
     files: Dict[str, Any] = {

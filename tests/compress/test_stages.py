@@ -21,17 +21,18 @@ TINY = {
     "distill": {"epochs": 1},
     # One epoch of training leaves the model near mAP 0, where INT8 against FP32 is noise: the
     # budget is set wide open so the test checks the plumbing, not the accuracy (benchmarks/ does).
-    "int8": {"calibration_images": 8, "algo": "abs_max", "budget_map50": 100.0, "max_retries": 0, "golden_images": 2},
+    "int8": {"calibration_images": 8, "algo": "abs_max", "budget_map50": 100.0, "max_retries": 0},
+    "export": {"golden_images": 2},
     "output": {"name": "tiny-stages", "version": "0.0.1"},
     "stages": STAGES,
 }  # fmt: skip
 
 
-def _recipe(changes=None):
+def _recipe(changes=None, sha256="0" * 64):
     data = copy.deepcopy(TINY)
     for section, values in (changes or {}).items():
         data.setdefault(section, {}).update(values)
-    return recipe_from_dict(data, sha256="0" * 64)
+    return recipe_from_dict(data, sha256=sha256)
 
 
 def _done_mtimes(workdir: Path):
@@ -71,20 +72,36 @@ def test_full_pipeline_writes_a_verified_int8_bundle_with_every_stage(finished) 
 
 
 @pytest.mark.slow
+def test_every_stage_bundle_ships_golden_images_and_int8_carries_the_fp32_ones(finished) -> None:
+    from compress.stages import golden_members
+    from edge_sdk.bundle import open_bundle
+
+    workdir, _ = finished
+    golden = {}
+    for stage in ("train", "prune", "distill", "int8"):
+        with open_bundle(workdir / stage / "model.edgebundle") as bundle:
+            golden[stage] = golden_members(bundle)
+    assert all(len(members) == 3 for members in golden.values()), {s: sorted(m) for s, m in golden.items()}
+    assert golden["int8"] == golden["distill"]
+
+
+@pytest.mark.slow
 def test_a_second_run_reuses_every_stage_and_a_changed_section_reruns_only_its_stage(finished) -> None:
     from compress.pipeline import run
+    from edge_sdk.bundle import verify_bundle
 
     workdir, first = finished
     before = _done_mtimes(workdir)
     lines = []
-    again = run(_recipe(), workdir, progress=False, log=lines.append)
+    again = run(_recipe(sha256="1" * 64), workdir, progress=False, log=lines.append)
     assert _done_mtimes(workdir) == before
+    assert verify_bundle(again.bundle).provenance.recipe_sha256 == "1" * 64
     assert sum("unchanged, reusing" in line for line in lines) == 4
     assert [m.to_dict() if hasattr(m, "to_dict") else m for m in again.metrics] == [
         m.to_dict() if hasattr(m, "to_dict") else m for m in first.metrics
     ]
 
-    run(_recipe({"int8": {"golden_images": 1}}), workdir, progress=False, log=lambda _m: None)
+    run(_recipe({"int8": {"calibration_images": 6}}), workdir, progress=False, log=lambda _m: None)
     after = _done_mtimes(workdir)
     assert {s: after[s] == before[s] for s in after} == {"train": True, "prune": True, "distill": True, "int8": False}
 
