@@ -33,6 +33,7 @@ from calibration.ptq import (
     PROGRAM_FILE,
     QuantLayer,
     _check_model_dir,
+    fold_conv_batch_norm,
     list_quantizable_layers,
     quantize_post_training,
     replace_dir,
@@ -242,7 +243,7 @@ def _float_copy(program: Any, layer: QuantLayer, scope: Any, float_weight: np.nd
     """A clone of the quantized `program` running `layer` in float, and an undo() for the scope."""
     import paddle
 
-    clone = program.clone(for_test=True)
+    clone = program.clone()
     block = clone.global_block()
     weight_slot = "Filter" if layer.op_type.startswith("conv") or layer.op_type == "depthwise_conv2d" else "Y"
     act_slot = "Input" if weight_slot == "Filter" else "X"
@@ -270,6 +271,10 @@ def _float_copy(program: Any, layer: QuantLayer, scope: Any, float_weight: np.nd
         tensor.set(quantized_weight, paddle.CPUPlace())
 
     return clone, undo
+
+
+def _has_op(program: Any, op_type: str) -> bool:
+    return any(op.type == op_type for block in program.blocks for op in block.ops)
 
 
 def layer_sensitivity(
@@ -300,11 +305,15 @@ def layer_sensitivity(
         truth = detections_as_dataset(records, reference, manifest.classes, manifest.postprocess.score_threshold)
         if not any(len(r.boxes) for r in truth.images):
             truth = dataset
+        runner = _StaticRunner(quant_dir, manifest, records)
+        if _has_op(reference_runner.program, "batch_norm") and not _has_op(runner.program, "batch_norm"):
+            # the INT8 program was calibrated on BN-folded convs: its float counterparts are the folded weights
+            with reference_runner.paddle.static.scope_guard(reference_runner.scope):
+                fold_conv_batch_norm(reference_runner.program, reference_runner.scope)
         float_weights = {
             layer.weight_var: np.array(reference_runner.scope.find_var(layer.weight_var).get_tensor())
             for layer in layers
         }
-        runner = _StaticRunner(quant_dir, manifest, records)
         baseline = evaluate(truth, runner.detect(runner.program)).map50 or 0.0
         scores = []
         from calibration.ptq import _progress_bar
@@ -341,12 +350,14 @@ def quantize_within_budget(
     fp32: Optional[ModelEvaluation] = None,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = None,
+    fold_batch_norm: bool = True,
 ) -> BudgetResult:
     """PTQ of the FP32 program in model_dir into out_dir, within the accuracy budget (module docstring).
 
     manifest: the FP32 bundle's manifest (input spec, classes, postprocess). budget_points: the most
     mAP@.5 INT8 may lose, in points (1.0 = 0.01). fp32: a precomputed FP32 evaluation on val_dataset.
     candidate_layers: the layers sensitivity is measured on (default: all). log: one line per attempt.
+    fold_batch_norm: fuse conv + batch_norm before PTQ (see calibration.ptq).
     Raises AccuracyBudgetExceeded when the last attempt is still over budget, RecipeError when the
     val set has no ground truth to measure mAP@.5 on.
     """
@@ -374,6 +385,7 @@ def quantize_within_budget(
                 float_layers,
                 batch_size,
                 progress=progress,
+                fold_batch_norm=fold_batch_norm,
             )
             quantization = Quantization(
                 method="ptq", algo=algo, calibration_images=len(calibration_records), float_layers=tuple(float_layers)

@@ -25,8 +25,7 @@ class Int8Section:
     batch. budget_map50: the most mAP@.5 (in points, 1.0 = 0.01 mAP) INT8 may lose against FP32 on
     the val set. max_retries: attempts after the first, each keeping `layers_per_retry` more of the
     most sensitive layers in float. sensitivity_images: val images the per-layer sensitivity is
-    measured on. golden_images: val images whose FP32 detections ship in the bundle.
-    fallback: what to do when PTQ stays over budget: "fail" or "qat" (see compress.qat).
+    measured on. fallback: what to do when PTQ stays over budget: "fail" or "qat" (see compress.qat).
     """
 
     calibration_images: int = _f(64, minimum=1)
@@ -39,5 +38,4 @@ class Int8Section:
     max_retries: int = _f(3, minimum=0)
     layers_per_retry: int = _f(2, minimum=1)
     sensitivity_images: int = _f(16, minimum=1)
-    golden_images: int = _f(4, minimum=0)
     fallback: str = _f("fail", choices=("fail", "qat"))

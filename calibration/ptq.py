@@ -6,14 +6,22 @@ robot runs). With `onnx_format=True` the saved program carries quantize/dequanti
 scales and int8-stored weights: Paddle Inference runs it on the CPU with oneDNN int8
 (`enable_mkldnn_int8`) and Paddle-TensorRT reads its scales with `use_calib_mode=False`.
 
-Layers are named by the structured name of their weight's layer (``model.neck.yolo_block.0.conv_module.conv0.conv``)
-when the export's `model.pdiparams.info` is there, else by the weight's variable name (``conv2d_27.w_0``).
+Layers are named by the structured name of their weight's layer in the detector
+(``neck.yolo_block.0.conv_module.conv0.conv``), read from the model folder's `model.layers.json`
+(written by `write_layer_names`, shipped in bundles) or else from `model.pdiparams.info` (written by
+`paddle.jit.save`); without either, by the weight's variable name (``conv2d_27.w_0``).
+
+`fold_batch_norm=True` fuses each conv + batch_norm into one conv + bias before calibration (Paddle's
+conv_bn_fuse passes, run on the CPU place): the conv output is then quantized after the BN scaling
+instead of before it, and the BN parameters and ops disappear from the saved program. Weight
+variable names are kept, so layer names still resolve.
 PaddleSlim and Paddle are imported inside the functions: the robot imports this package without them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import shutil
@@ -27,12 +35,15 @@ import numpy as np
 from calibration.config import PTQ_ALGOS
 from edge_sdk.data.dataset import ImageRecord
 from edge_sdk.errors import DataError, RecipeError
-from edge_sdk.fileio import fsync_dir
+from edge_sdk.fileio import atomic_write_bytes, fsync_dir
 from edge_sdk.manifest import InputSpec
 
 PROGRAM_FILE = "model.pdmodel"
 PARAMS_FILE = "model.pdiparams"
 PARAMS_INFO_FILE = "model.pdiparams.info"
+LAYER_NAMES_FILE = "model.layers.json"
+# attribute under which compress.export's inference wrapper holds the detector
+WRAPPER_PREFIX = "model."
 # op type -> name of its weight input (PaddleSlim's quantizable ops with weights)
 WEIGHT_INPUTS = {
     "conv2d": "Filter",
@@ -60,22 +71,50 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing to load {}.{}".format(module, name))
 
 
-def _structured_names(model_dir: Path) -> Dict[str, str]:
-    """weight variable -> structured layer name, from model.pdiparams.info (written by paddle.jit.save)."""
-    info_path = model_dir / PARAMS_INFO_FILE
-    if not info_path.is_file():
-        return {}
+def _names_from_info(info_path: Path) -> Dict[str, str]:
+    """weight variable -> structured layer name, from a model.pdiparams.info pickle (plain dicts only)."""
     try:
         with open(str(info_path), "rb") as handle:
             info = _PlainUnpickler(handle).load()
-    except (pickle.UnpicklingError, EOFError, ValueError):
+    except (pickle.UnpicklingError, EOFError, ValueError, OSError):
         return {}
     names = {}
     for var, meta in info.items() if isinstance(info, dict) else ():
         structured = meta.get("structured_name") if isinstance(meta, dict) else None
-        if isinstance(structured, str) and structured.endswith(".weight"):
-            names[var] = structured[: -len(".weight")]
+        if isinstance(var, str) and isinstance(structured, str) and structured.endswith(".weight"):
+            layer = structured[: -len(".weight")]
+            names[var] = layer[len(WRAPPER_PREFIX) :] if layer.startswith(WRAPPER_PREFIX) else layer
     return names
+
+
+def layer_names(model_dir: Union[str, Path]) -> Dict[str, str]:
+    """weight variable -> structured layer name for the program in model_dir ({} when unknown).
+
+    Reads model.layers.json (JSON object of strings) if present, else model.pdiparams.info.
+    """
+    model_dir = Path(model_dir)
+    json_path = model_dir / LAYER_NAMES_FILE
+    if json_path.is_file():
+        try:
+            names = json.loads(json_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            names = None
+        if isinstance(names, dict):
+            return {k: v for k, v in names.items() if isinstance(k, str) and isinstance(v, str)}
+    info_path = model_dir / PARAMS_INFO_FILE
+    return _names_from_info(info_path) if info_path.is_file() else {}
+
+
+def write_layer_names(model_dir: Union[str, Path], out_path: Optional[Union[str, Path]] = None) -> Path:
+    """Write `layer_names(model_dir)` as JSON to out_path (default model_dir/model.layers.json), atomically.
+
+    Call it right after `paddle.jit.save` (which writes model.pdiparams.info) and ship the JSON with
+    the program: it is what names layers in the INT8 budget's messages and the recipe's layer lists.
+    """
+    model_dir = Path(model_dir)
+    out_path = Path(out_path) if out_path is not None else model_dir / LAYER_NAMES_FILE
+    atomic_write_bytes(out_path, json.dumps(layer_names(model_dir), indent=1, sort_keys=True).encode("utf-8"))
+    return out_path
 
 
 def _check_model_dir(model_dir: Path) -> None:
@@ -94,7 +133,7 @@ def list_quantizable_layers(model_dir: Union[str, Path]) -> List[QuantLayer]:
     _check_model_dir(model_dir)
     with static_mode():
         program = paddle.static.Program.parse_from_string((model_dir / PROGRAM_FILE).read_bytes())
-    structured = _structured_names(model_dir)
+    structured = layer_names(model_dir)
     layers = []
     seen = set()
     for block in program.blocks:
@@ -117,6 +156,7 @@ def resolve_layers(model_dir: Union[str, Path], names: Sequence[str]) -> List[Qu
     by_name = {}
     for layer in layers:
         by_name[layer.name] = layer
+        by_name[WRAPPER_PREFIX + layer.name] = layer
         by_name[layer.weight_var] = layer
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -213,6 +253,25 @@ def _executor_place() -> Any:
     return paddle.CPUPlace()
 
 
+def fold_conv_batch_norm(program: Any, scope: Any) -> Any:
+    """`program` with each conv + batch_norm fused into conv + elementwise_add, as PTQ's `optimize_model`
+    does (the same Paddle passes); the fused weights and biases are written into `scope`. Static mode."""
+    from paddle.framework import core
+    from paddle.static.quantization.post_training_quantization import _apply_pass, _remove_ctrl_vars
+    from paddle.static.quantization.quantization_pass import IrGraph
+
+    graph = _remove_ctrl_vars(IrGraph(core.Graph(program.desc), for_test=True))
+    for name in (
+        "conv_bn_fuse_pass",
+        "depthwise_conv_bn_fuse_pass",
+        "conv_transpose_bn_fuse_pass",
+        "conv_eltwiseadd_bn_fuse_pass",
+        "depthwise_conv_eltwiseadd_bn_fuse_pass",
+    ):
+        graph = _apply_pass(scope, graph, name)
+    return graph.to_program()
+
+
 def replace_dir(tmp_dir: Path, out_dir: Path) -> Path:
     """Put the finished folder tmp_dir at out_dir (replacing an older one), then fsync the parent."""
     if out_dir.exists():
@@ -232,13 +291,16 @@ def quantize_post_training(
     batch_size: int = 8,
     hist_percent: float = 0.9999,
     progress: bool = True,
+    fold_batch_norm: bool = True,
 ) -> Path:
     """Quantize model_dir/model.pdmodel + model.pdiparams to INT8; returns out_dir holding the same two files.
 
     calibration_records: the images scales are computed on (all of them, in batches of batch_size).
     input_spec: the manifest's preprocessing. algo: KL, hist, avg, mse or abs_max. skip_layers:
     layer names (see `list_quantizable_layers`) kept in float. hist_percent: the percentile "hist"
-    clips at. out_dir is written atomically (a temporary sibling folder, then renamed).
+    clips at. fold_batch_norm: fuse conv + batch_norm before calibrating (module docstring). out_dir
+    is written atomically (a temporary sibling folder, then renamed) and gets model.layers.json when
+    the layer names are known.
     Raises RecipeError for a bad algo or layer name, DataError for missing files or images.
     """
     if algo not in PTQ_ALGOS:
@@ -265,7 +327,8 @@ def quantize_post_training(
             loader = calibration_loader(calibration_records, input_spec, batch_size, advance)
             scope = paddle.static.Scope()
             with static_mode(), _quiet_paddle_bars(), paddle.static.scope_guard(scope):
-                executor = paddle.static.Executor(_executor_place())
+                # Paddle's conv+bn fuse passes run on the CPU place only
+                executor = paddle.static.Executor(paddle.CPUPlace() if fold_batch_norm else _executor_place())
                 quant_post_static(
                     executor,
                     str(model_dir),
@@ -282,10 +345,13 @@ def quantize_post_training(
                     hist_percent=hist_percent,
                     onnx_format=True,
                     skip_tensor_list=skip_vars or None,
+                    optimize_model=fold_batch_norm,
                 )
         for name in (PROGRAM_FILE, PARAMS_FILE):
             if not (tmp_dir / name).is_file():
                 raise RecipeError("PaddleSlim wrote no {} for {}".format(name, model_dir))
+        if layer_names(model_dir):
+            write_layer_names(model_dir, tmp_dir / LAYER_NAMES_FILE)
         os.chmod(str(tmp_dir), 0o755)
         return replace_dir(tmp_dir, out_dir)
     except BaseException:

@@ -19,6 +19,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import paddle
 import paddle.nn as nn
 
+from calibration.ptq import LAYER_NAMES_FILE, write_layer_names
 from compress.flops import count_params, model_flops
 from edge_sdk.manifest import (
     InputSpec,
@@ -33,6 +34,8 @@ from edge_sdk.manifest import (
 __all__ = ["InferenceModel", "count_params", "export_bundle", "export_inference", "model_flops", "tensorrt_hints"]
 
 MODEL_FILES = ("model/model.pdmodel", "model/model.pdiparams")
+LAYER_NAMES_MEMBER = "model/model.layers.json"
+"""Weight variable -> structured layer name (calibration.ptq.layer_names): how INT8 reports name layers."""
 
 
 @paddle.jit.not_to_static
@@ -146,7 +149,8 @@ def export_inference(
     out_dir: Union[str, Path],
     postprocess: Optional[Postprocess] = None,
 ) -> Tuple[Path, Path]:
-    """Save `model` with decoding and NMS as out_dir/model.pdmodel + out_dir/model.pdiparams.
+    """Save `model` with decoding and NMS as out_dir/model.pdmodel + out_dir/model.pdiparams, and the
+    structured names of its weights as out_dir/model.layers.json.
 
     input_size: (height, width) of the `image` input; the batch dimension stays dynamic. The
     model's train/eval state is restored afterwards; the model itself is not modified.
@@ -165,6 +169,7 @@ def export_inference(
     try:
         static_model = paddle.jit.to_static(wrapper, input_spec=specs, full_graph=True)
         paddle.jit.save(static_model, str(out_dir / "model"))
+        write_layer_names(out_dir)
     finally:
         if was_training:
             model.train()
@@ -242,7 +247,7 @@ def export_bundle(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=str(out_path.parent)) as tmp:
         pdmodel, pdiparams = export_inference(model, (height, width), Path(tmp), postprocess)
-        files = {MODEL_FILES[0]: pdmodel, MODEL_FILES[1]: pdiparams}
+        files = {MODEL_FILES[0]: pdmodel, MODEL_FILES[1]: pdiparams, LAYER_NAMES_MEMBER: Path(tmp) / LAYER_NAMES_FILE}
         for arcname, source in (extra_files or {}).items():
             files[arcname] = source if isinstance(source, bytes) else Path(os.fspath(source))
         return Path(write_bundle(out_path, manifest, files, signing_key=signing_key))

@@ -75,6 +75,8 @@ def test_black_calibration_image_is_refused_with_a_clear_error(tiny_model_dir, t
     assert "over the budget of 40" in message
     assert len(error.float_layers) == 2 and set(error.float_layers) <= set(candidates)
     assert all(name in message for name in error.float_layers)
+    assert all(name.startswith(("yolo_head.", "neck.")) for name in error.float_layers)
+    assert ".w_0" not in message and "conv2d_" not in message
     assert not (tmp_path / "int8").exists()
     assert not any(p.name.startswith(".int8.") for p in tmp_path.iterdir())
 

@@ -4,7 +4,16 @@ import cv2
 import pytest
 
 from calibration.budget import ModelDirBundle, int8_manifest
-from calibration.ptq import PARAMS_FILE, list_quantizable_layers, quantize_post_training
+from calibration.ptq import (
+    LAYER_NAMES_FILE,
+    PARAMS_FILE,
+    PARAMS_INFO_FILE,
+    layer_names,
+    list_quantizable_layers,
+    quantize_post_training,
+    resolve_layers,
+    write_layer_names,
+)
 from edge_sdk.errors import RecipeError
 from edge_sdk.manifest import InputSpec, Quantization
 from tests.conftest import TINY_INPUT_SIZE
@@ -29,7 +38,7 @@ def test_skipped_layer_keeps_float_weights(tiny_model_dir, calibration_records, 
     import paddle
 
     last = list_quantizable_layers(tiny_model_dir)[-1]
-    assert last.name == "model.yolo_head.yolo_output.2"
+    assert last.name == "yolo_head.yolo_output.2"
     out = quantize_post_training(
         tiny_model_dir,
         calibration_records[:2],
@@ -56,3 +65,46 @@ def test_bad_algo_and_unknown_layer_are_recipe_errors(tiny_model_dir, calibratio
     with pytest.raises(RecipeError, match="no quantizable layer named model.nope"):
         quantize_post_training(tiny_model_dir, calibration_records, spec, tmp_path / "b", skip_layers=["model.nope"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _program_ops(model_dir):
+    import paddle
+
+    paddle.enable_static()
+    try:
+        program = paddle.static.Program.parse_from_string((model_dir / "model.pdmodel").read_bytes())
+    finally:
+        paddle.disable_static()
+    return list(program.global_block().ops)
+
+
+def test_bn_folded_int8_keeps_scales_and_structural_names(int8_dir, tiny_model_dir):
+    ops = _program_ops(int8_dir)
+    types = [op.type for op in ops]
+    assert "batch_norm" in [op.type for op in _program_ops(tiny_model_dir)]
+    assert "batch_norm" not in types
+    float_layers = list_quantizable_layers(tiny_model_dir)
+    assert types.count("conv2d") + types.count("depthwise_conv2d") == len(float_layers)
+    # every weight is stored int8 with its scale, read back by a dequantize_linear (what Paddle-TRT consumes)
+    dequantized = {op.input("X")[0] for op in ops if op.type == "dequantize_linear" and op.input("Scale")}
+    assert {layer.weight_var for layer in float_layers} <= dequantized
+    assert types.count("quantize_linear") >= len(float_layers)
+    assert (int8_dir / LAYER_NAMES_FILE).is_file()
+    assert layer_names(int8_dir) == layer_names(tiny_model_dir)
+    assert float_layers[0].name == "backbone.conv1._conv"
+
+
+def test_layer_names_survive_without_the_paddle_info_file(tiny_model_dir, tmp_path):
+    import shutil
+
+    for name in ("model.pdmodel", PARAMS_FILE):
+        shutil.copy(tiny_model_dir / name, tmp_path / name)
+    generated = list_quantizable_layers(tmp_path)
+    assert generated[0].name == generated[0].weight_var
+    write_layer_names(tiny_model_dir, tmp_path / LAYER_NAMES_FILE)
+    assert not (tmp_path / PARAMS_INFO_FILE).exists()
+    assert layer_names(tmp_path) == layer_names(tiny_model_dir)
+    layers = list_quantizable_layers(tmp_path)
+    assert layers[-1].name == "yolo_head.yolo_output.2"
+    assert not any(layer.name.startswith("conv2d_") for layer in layers)
+    assert resolve_layers(tmp_path, ["model.yolo_head.yolo_output.2"]) == [layers[-1]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -169,7 +170,14 @@ def test_tiny_bundle_manifest_and_model(tiny_bundle, tiny_model):
         assert trt.min_subgraph_size == 3 and trt.workspace_bytes == 1 << 30
         assert trt.dynamic_shapes["image"].opt == (1, 3, 96, 96) and trt.dynamic_shapes["im_shape"].max == (1, 2)
         assert trt.dynamic_shapes["scale_factor"].min == (1, 2)
-        assert {f.path for f in manifest.files} == {"model/model.pdmodel", "model/model.pdiparams"}
+        assert {f.path for f in manifest.files} == {
+            "model/model.pdmodel",
+            "model/model.pdiparams",
+            "model/model.layers.json",
+        }
+        names = json.loads(bundle.path_of("model/model.layers.json").read_text())
+        assert any(name.startswith("yolo_head.") for name in names.values()), names
+        assert not any("conv2d_" in name for name in names.values()), names
         arrays = [a[:1] for a in _inputs(seed=1)]
         boxes, bbox_num = _run_predictor(
             bundle.path_of("model/model.pdmodel"), bundle.path_of("model/model.pdiparams"), arrays
