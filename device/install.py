@@ -275,21 +275,43 @@ class HealthReport:
 
 @dataclass(frozen=True)
 class HealthSettings:
-    """Health-check tolerances.
+    """Health-check tolerances; None: the default of the precision the model runs at (`for_precision`).
 
     iou: minimum IoU for a robot box to match a golden box of the same class.
     score_tolerance: maximum |robot score - golden score| of a match; boxes whose score is within
     this of the threshold may be missing on either side without counting.
     max_miss_fraction: allowed fraction of unmatched boxes (golden or robot) over all images.
     min_fps: minimum detect() frames per second over fps_frames frames (0: measured, not required).
+    Defaults per precision (`device.golden.PRECISION_TOLERANCES`): fp32 0.9 / 0.05 / 10%,
+    fp16 0.8 / 0.1 / 20%, int8 0.5 / 0.25 / 34%.
     """
 
-    iou: float = 0.9
-    score_tolerance: float = 0.05
-    max_miss_fraction: float = 0.1
+    iou: Optional[float] = None
+    score_tolerance: Optional[float] = None
+    max_miss_fraction: Optional[float] = None
     min_fps: float = 0.0
     fps_frames: int = DEFAULT_FPS_FRAMES
     device: str = "auto"
+
+    @classmethod
+    def for_precision(cls, *precisions: str, **fields: Any) -> HealthSettings:
+        """Settings with the tolerances of the loosest of `precisions` (e.g. the bundle's
+        manifest.precision and the precision its engine runs at); `fields` set the other fields."""
+        return cls(**fields).resolved(*precisions)
+
+    def resolved(self, *precisions: str) -> HealthSettings:
+        """These settings with every tolerance left None taken from `for_precision`'s defaults."""
+        from dataclasses import replace
+
+        from device.golden import tolerance_for
+
+        default = tolerance_for(*precisions)
+        return replace(
+            self,
+            iou=default.iou if self.iou is None else self.iou,
+            score_tolerance=default.score_tolerance if self.score_tolerance is None else self.score_tolerance,
+            max_miss_fraction=default.max_miss_fraction if self.max_miss_fraction is None else self.max_miss_fraction,
+        )
 
 
 def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> HealthReport:
@@ -319,6 +341,7 @@ def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> He
         return report.fail("load", "the model does not load: {}".format(_one_line(exc)))
     report.checks["load"] = "ok ({:.1f} s, {})".format(time.perf_counter() - started, detector.plan.device)
     log("health: model loaded")
+    settings = settings.resolved(bundle.manifest.precision, detector.plan.precision)
     try:
         sample = None
         if golden is None:
@@ -334,8 +357,16 @@ def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> He
             unmatched = sum(r.unmatched for r in results)
             counted = sum(r.counted for r in results)
             fraction = unmatched / counted if counted else 0.0
-            summary = "{} images, {} boxes matched, {} unmatched ({:.0%}, allowed {:.0%})".format(
-                len(results), matched, unmatched, fraction, settings.max_miss_fraction
+            summary = (
+                "{} images, {} boxes matched, {} unmatched ({:.0%}, allowed {:.0%} at IoU {:g}, score +-{:g})".format(
+                    len(results),
+                    matched,
+                    unmatched,
+                    fraction,
+                    settings.max_miss_fraction,
+                    settings.iou,
+                    settings.score_tolerance,
+                )
             )
             if fraction > settings.max_miss_fraction:
                 problems = ["; {}: {}".format(r.image, p) for r in results for p in r.problems]

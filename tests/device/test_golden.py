@@ -13,9 +13,12 @@ from device.golden import (
     GoldenEntry,
     box_iou,
     compare_golden,
+    decode_golden_image,
+    encode_golden_image,
     golden_files,
     load_golden,
     parse_golden,
+    pixels_digest,
     read_golden_image,
 )
 from edge_sdk.bundle import InputSpec, Manifest, open_bundle, write_bundle
@@ -143,7 +146,8 @@ def test_golden_files_round_trip_both_shapes():
         assert np.array_equal(decoded, image)
     document = json.loads(files[GOLDEN_JSON])
     assert (
-        isinstance(document, list) and [sorted(e) for e in document] == [["boxes", "class_ids", "image", "scores"]] * 2
+        isinstance(document, list)
+        and [sorted(e) for e in document] == [["boxes", "class_ids", "image", "pixels_sha256", "scores"]] * 2
     )
     golden = parse_golden(document, 0.25)
     assert golden.score_threshold == 0.25
@@ -152,6 +156,7 @@ def test_golden_files_round_trip_both_shapes():
     np.testing.assert_allclose(first.boxes, [[1.235, 2, 10, 12.5]])
     np.testing.assert_allclose(first.scores, [0.91235])
     assert first.class_ids.tolist() == [4] and first.class_ids.dtype == np.int32
+    assert first.pixels_sha256 == pixels_digest(samples[0][0]) != second.pixels_sha256
     assert second.boxes.shape == (0, 4) and second.scores.shape == (0,)
 
     document = json.loads(golden_files(samples, score_threshold=0.05)[GOLDEN_JSON])
@@ -163,6 +168,63 @@ def test_golden_files_round_trip_both_shapes():
 def test_golden_files_refuses_a_non_image():
     with pytest.raises(DataError, match="golden image 0"):
         golden_files([(np.zeros((4, 4), np.float32), Detections.empty())])
+    with pytest.raises(DataError, match="golden image 0: the bytes are neither a JPEG nor a PNG"):
+        golden_files([(b"GIF89a", Detections.empty())])
+
+
+def test_jpeg_golden_image_round_trip():
+    image = np.zeros((48, 64, 3), np.uint8)
+    image[8:40, 16:48] = (40, 180, 220)
+    encoded = encode_golden_image(image)
+    assert encoded.startswith(b"\xff\xd8\xff")
+    decoded = decode_golden_image(encoded)
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    assert 0 < np.abs(decoded.astype(int) - image).mean() < 3.0
+    assert len(encode_golden_image(image, quality=50)) < len(encoded) < len(encode_golden_image(image, quality=100))
+    with pytest.raises(DataError, match="quality must be within 1..100"):
+        encode_golden_image(image, quality=0)
+    with pytest.raises(DataError, match="golden image to encode"):
+        encode_golden_image(image[:, :, 0])
+    with pytest.raises(BundleError, match="golden image 3.jpg: cannot decode it"):
+        decode_golden_image(encoded[:20], "golden image 3.jpg")
+    with pytest.raises(BundleError, match="cannot decode it"):
+        decode_golden_image(b"")
+
+
+def test_golden_files_stores_encoded_images_as_they_are():
+    samples = _samples()
+    jpeg = encode_golden_image(samples[0][0])
+    png = golden_files(samples[1:])["calibration/golden/0.png"]
+    files = golden_files([(jpeg, samples[0][1]), (png, samples[1][1])], score_threshold=0.3)
+    assert sorted(files) == ["calibration/golden.json", "calibration/golden/0.jpg", "calibration/golden/1.png"]
+    assert files["calibration/golden/0.jpg"] == jpeg and files["calibration/golden/1.png"] == png
+    golden = parse_golden(json.loads(files[GOLDEN_JSON]), 0.25)
+    assert [e.image for e in golden.entries] == ["calibration/golden/0.jpg", "calibration/golden/1.png"]
+    np.testing.assert_allclose(golden.entries[0].boxes, [[1.235, 2, 10, 12.5]])
+    assert golden.entries[0].pixels_sha256 == pixels_digest(decode_golden_image(jpeg))
+    assert golden.entries[0].pixels_sha256 != pixels_digest(samples[0][0])
+    assert golden.entries[1].pixels_sha256 == pixels_digest(samples[1][0])
+
+
+def test_pixels_digest_covers_shape_and_pixels_and_is_optional_in_golden_json():
+    image = np.zeros((4, 6, 3), np.uint8)
+    changed = image.copy()
+    changed[3, 5, 2] = 1
+    digests = {pixels_digest(image), pixels_digest(changed), pixels_digest(image.reshape(6, 4, 3))}
+    assert len(digests) == 3 and pixels_digest(image.copy()) == pixels_digest(image)
+    old = GoldenEntry.from_dict({"image": "calibration/golden/0.png", "boxes": [], "scores": [], "class_ids": []})
+    assert old.pixels_sha256 == "" and "pixels_sha256" not in old.to_dict()
+    with pytest.raises(BundleError, match="malformed pixels_sha256"):
+        GoldenEntry.from_dict({"image": "a.png", "pixels_sha256": 12})
+
+
+def test_report_says_when_the_decoded_pixels_differ():
+    result = replace(compare_golden(_detections([], [], []), EXPECTED), pixels_match=False)
+    assert result.report.startswith(
+        "calibration/golden/0.png: 0/2 expected boxes matched (decoded pixels differ from the workstation's), "
+        "2 problem(s): missing class 1"
+    )
+    assert "differ" not in replace(result, pixels_match=True).report
 
 
 @pytest.mark.parametrize(
@@ -198,12 +260,14 @@ def _bundle(tmp_path, files):
 
 def test_load_golden_from_an_opened_bundle(tmp_path):
     samples = _samples()
-    path = _bundle(tmp_path, golden_files(samples))
+    jpeg = encode_golden_image(samples[0][0])
+    path = _bundle(tmp_path, golden_files([(jpeg, samples[0][1]), samples[1]]))
     with open_bundle(path, staging_dir=tmp_path) as bundle:
         golden = load_golden(bundle)
         assert golden is not None
         assert golden.score_threshold == bundle.manifest.postprocess.score_threshold
-        assert [e.image for e in golden.entries] == ["calibration/golden/0.png", "calibration/golden/1.png"]
+        assert [e.image for e in golden.entries] == ["calibration/golden/0.jpg", "calibration/golden/1.png"]
+        assert np.array_equal(read_golden_image(bundle, golden.entries[0]), decode_golden_image(jpeg))
         assert np.array_equal(read_golden_image(bundle, golden.entries[1]), samples[1][0])
         with pytest.raises(BundleError, match="golden image missing.png"):
             read_golden_image(bundle, replace(golden.entries[0], image="missing.png"))
@@ -220,3 +284,20 @@ def test_load_golden_without_golden_data_or_with_bad_data(tmp_path):
         entry = GoldenEntry.from_dict({"image": "calibration/golden/0.png"})
         with pytest.raises(BundleError, match="cannot decode"):
             read_golden_image(bundle, entry)
+
+
+def test_tolerance_follows_the_loosest_precision_and_settings_override_it():
+    from device.golden import PRECISION_TOLERANCES, tolerance_for
+    from device.install import HealthSettings
+
+    assert tolerance_for("fp32") == PRECISION_TOLERANCES["fp32"] == (0.9, 0.05, 0.1)
+    assert tolerance_for("fp32", "fp16") == PRECISION_TOLERANCES["fp16"]
+    assert tolerance_for("int8", "fp32") == tolerance_for("int8") == PRECISION_TOLERANCES["int8"]
+    assert tolerance_for("bf16") == tolerance_for() == PRECISION_TOLERANCES["fp32"]
+    int8 = PRECISION_TOLERANCES["int8"]
+    assert int8.iou < 0.9 and int8.score_tolerance > 0.05 and int8.max_miss_fraction > 0.1
+    settings = HealthSettings.for_precision("int8", device="cpu")
+    assert (settings.iou, settings.score_tolerance, settings.max_miss_fraction, settings.device) == (*int8, "cpu")
+    pinned = HealthSettings(iou=0.95, device="cpu").resolved("int8")
+    assert (pinned.iou, pinned.score_tolerance, pinned.max_miss_fraction) == (0.95, *int8[1:])
+    assert HealthSettings().iou is None  # unresolved until the precision is known
