@@ -19,7 +19,8 @@ Stages:
   -> distill/student.pdparams.
 - int8: PTQ of the last FP32 stage's bundle on a calibration set chosen from the training set, within
   int8.budget_map50 (calibration.budget); with int8.fallback "qat", QAT when PTQ stays over budget. The
-  INT8 bundle carries the FP32 bundle's golden images and detections and the calibration set's sha256.
+  INT8 bundle carries the FP32 bundle's golden images and detections and the calibration set's sha256,
+  and must pass the robot's install check on them (calibration.golden.self_check) on this CPU.
 - export: the last stage's bundle re-written with every stage's metrics (never cached: it is cheap).
 """
 
@@ -114,6 +115,16 @@ class StageStore:
         path = self.workdir / stage
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def invalidate(self, stage: str) -> None:
+        """Remove the stage's done-record before it is recomputed: a run that fails half-way must not leave
+        an old record describing files it has already overwritten."""
+        from edge_sdk.fileio import fsync_dir
+
+        path = self.workdir / stage / DONE_FILE
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)
 
     def read(self, stage: str) -> Optional[StageRecord]:
         """The stage's record when it exists and all its files are still there, else None."""
@@ -346,6 +357,9 @@ def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: 
 def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
     from calibration.budget import AccuracyBudgetExceeded, int8_manifest, quantize_within_budget
     from calibration.calibration_set import select_calibration_set
+    from calibration.golden import self_check
+    from calibration.ptq import LAYER_NAMES_FILE
+    from compress.export import LAYER_NAMES_MEMBER
     from compress.train import load_trained
     from edge_sdk.bundle import open_bundle, write_bundle
     from edge_sdk.manifest import Quantization
@@ -407,16 +421,35 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
         "model/model.pdmodel": model_dir / "model.pdmodel",
         "model/model.pdiparams": model_dir / "model.pdiparams",
     }
+    if (model_dir / LAYER_NAMES_FILE).is_file():
+        files[LAYER_NAMES_MEMBER] = model_dir / LAYER_NAMES_FILE
     files.update(golden)
     write_bundle(folder / BUNDLE_FILE, int8, files)
+    problems = self_check(folder / BUNDLE_FILE)
+    if problems:
+        raise RecipeError("the INT8 bundle would fail the robot's install check: {}".format(problems[0]))
     before = previous.metrics
     metrics, per_class = measure_stage(ctx, "int8", folder / BUNDLE_FILE, before.get("flops"), before.get("params"))
+    if info.get("qat"):
+        _check_qat_budget(info["fp32_map50"], info["ptq_map50"], metrics.map50, cfg.budget_map50)
     info.update(quantization=_plain(quantization), calibration_sha256=calibration.sha256, per_class=per_class)
     return (
         {"bundle": BUNDLE_FILE, "pdmodel": "model/model.pdmodel", "pdiparams": "model/model.pdiparams"},
         metrics,
         info,
     )
+
+
+def _check_qat_budget(fp32_map50: float, ptq_map50: float, qat_map50: Optional[float], budget_points: float) -> None:
+    """RecipeError in one line when the QAT model still loses more than `budget_points` of mAP@.5."""
+    loss = (fp32_map50 - (qat_map50 or 0.0)) * 100.0
+    if loss > budget_points:
+        raise RecipeError(
+            "INT8 after QAT still loses {:.2f} points of mAP@.5 (FP32 {:.4f}, PTQ {:.4f}, QAT {:.4f}), over the "
+            "budget of {:g}: train longer (qat.epochs), change qat.lr or raise int8.budget_map50".format(
+                loss, fp32_map50, ptq_map50, qat_map50 or 0.0, budget_points
+            )
+        )
 
 
 @dataclass
@@ -467,6 +500,7 @@ def run_stages(ctx: StageContext, pipeline: Sequence[str], selected: Optional[Se
         ctx.log("{}: running".format(stage))
         started = time.time()
         store.folder(stage)
+        store.invalidate(stage)
         if stage == "train":
             files, metrics, info = run_train_stage(ctx)
         elif stage == "prune":

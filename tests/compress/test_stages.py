@@ -107,6 +107,39 @@ def test_a_second_run_reuses_every_stage_and_a_changed_section_reruns_only_its_s
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ptq_over_budget_falls_back_to_qat_and_a_qat_miss_is_one_line(finished, tmp_path) -> None:
+    """Scored against the FP32 model's own detections (a 1-epoch model has no real mAP), a zero budget
+    makes PTQ miss; fallback qat then fine-tunes, exports and measures a QAT bundle, which misses too."""
+    import dataclasses
+    import shutil
+
+    import cv2
+
+    from calibration.budget import detections_as_dataset
+    from compress.stages import make_context, run_stages
+    from device.pipeline import Detector
+    from edge_sdk.bundle import open_bundle
+
+    source, _ = finished
+    workdir = tmp_path / "work"
+    shutil.copytree(str(source), str(workdir))
+    recipe = _recipe({"int8": {"budget_map50": 0.0, "max_retries": 0, "fallback": "qat"}, "qat": {"epochs": 1}})
+    ctx = make_context(recipe, workdir, progress=False, log=lambda _m: None)
+    with Detector(workdir / "distill" / "model.edgebundle", device="cpu") as detector:
+        found = [detector.detect(cv2.imread(str(r.path)), score_threshold=0.0) for r in ctx.val_set.images]
+    own = detections_as_dataset(ctx.val_set.images, found, ctx.val_set.classes, min_score=0.0)
+    ctx = dataclasses.replace(ctx, val_set=own)
+    with pytest.raises(
+        RecipeError, match=r"^INT8 after QAT still loses [0-9.]+ points of mAP@\.5 \(FP32 [01]\.[0-9]+, PTQ"
+    ):
+        run_stages(ctx, recipe.stages, ["int8"])
+    with open_bundle(workdir / "int8" / "model.edgebundle") as bundle:
+        assert bundle.manifest.quantization.method == "qat"
+    assert not (workdir / "int8" / "done.json").exists()  # the failed stage left no record to reuse
+
+
+@pytest.mark.slow
 def test_stages_subset_reads_earlier_stages_from_disk_and_names_a_missing_one(finished, tmp_path) -> None:
     from compress.pipeline import run
 
