@@ -4,8 +4,9 @@ After install a robot runs its own engine (TensorRT INT8/FP16, or the CPU) on th
 (`check_golden`): a wrong engine, a bad calibration or a broken preprocessing shows up as missing,
 moved or re-scored boxes. Bundle members (`golden_files` builds them):
 
-- calibration/golden/<i>.jpg: the images, JPEG (`encode_golden_image`, quality 90: about 17 KB for
-  a 256x256 image against 123 KB as PNG). The workstation detects on the DECODED JPEG pixels
+- calibration/golden/<i>.jpg: the images, JPEG (`encode_golden_image`, quality 75: about 9 KB for
+  a 256x256 image against 123 KB as PNG; quality 75 to 95 agree equally well with the original
+  image's detections, so the smallest is used). The workstation detects on the DECODED JPEG pixels
   (`decode_golden_image`), the pixels the robot decodes from the same file, so both run on the same
   input. Bundles written before carry calibration/golden/<i>.png; any image file OpenCV decodes is read.
 - calibration/golden.json: one entry per image, boxes in source-image pixels::
@@ -34,7 +35,7 @@ from edge_sdk.errors import BundleError, DataError, EdgeSdkError
 
 GOLDEN_JSON = "calibration/golden.json"
 GOLDEN_DIR = "calibration/golden"
-GOLDEN_JPEG_QUALITY = 90
+GOLDEN_JPEG_QUALITY = 75
 _IMAGE_SIGNATURES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"))
 
 

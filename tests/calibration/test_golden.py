@@ -105,7 +105,7 @@ def test_a_golden_jpeg_decoding_to_other_pixels_is_named(jpeg_golden, tiny_bundl
 
     changed = dict(jpeg_golden)
     changed["calibration/golden/1.jpg"] = encode_golden_image(
-        decode_golden_image(jpeg_golden["calibration/golden/1.jpg"]), quality=60
+        decode_golden_image(jpeg_golden["calibration/golden/1.jpg"]), quality=50
     )
     with open_bundle(_ship(tiny_bundle, changed, tmp_path / "ship"), staging_dir=tmp_path) as bundle:
         with Detector(bundle, device="cpu", threads=1) as detector:
