@@ -29,7 +29,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from edge_sdk.errors import DataError
+from edge_sdk.errors import DataError, RecipeError
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,8 @@ def finetune(
     postprocess: Any = None,
     lr: Optional[float] = None,
     progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> FinetuneResult:
     """Fine-tune `student` in place on `train_records` for `epochs` with the detection loss, plus
     `distill.weight` x distillation from `teacher` when both are given.
@@ -209,9 +211,11 @@ def finetune(
     train_cfg: a compress.recipe.TrainSection (batch size, accumulation, AMP on a GPU, optimizer,
     augmentation, EMA, loss); the schedule is cosine from `lr` (default train_cfg.lr) with at most
     one epoch of warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated
-    (mAP@.5 and mAP) at the end. progress(epoch, losses) after each epoch.
+    (mAP@.5 and mAP) at the end. progress(epoch, losses) after each epoch. rank, world: with world > 1
+    every rank calls this with the same arguments and the student runs in paddle.DataParallel, each
+    rank on its share of every batch (compress.stages hands the job to the other ranks).
     The steps are compress.train.Trainer's, with the Distiller as its extra loss; the epoch loop is
-    this function's own: compress.train.train's also resumes, checkpoints and runs data parallel.
+    this function's own: compress.train.train's also resumes and checkpoints.
     """
     from compress.train import (
         ModelEMA,
@@ -224,10 +228,15 @@ def finetune(
         use_gpu,
     )
 
-    data = make_training_data(train_records, input_size, train_cfg)
+    data = make_training_data(train_records, input_size, train_cfg, rank, world)
     distiller = (
         Distiller(teacher, student, distill.weight, distill.feature_weight) if teacher is not None and distill else None
     )
+    if world > 1 and distiller is not None and distill.feature_weight > 0:
+        raise RecipeError(
+            "distill.feature_weight > 0 runs in one process only (its adapters are not data parallel): set it to 0 "
+            "or leave out --gpus"
+        )
     trainable = nn.LayerList([student] + ([distiller.loss] if distiller is not None else []))
     schedule = dataclasses.replace(
         train_cfg,
@@ -243,6 +252,7 @@ def finetune(
         train_cfg.accumulate_steps,
         use_amp=bool(train_cfg.amp) and use_gpu(),
         ema=ModelEMA(student, train_cfg.ema_decay) if train_cfg.ema else None,
+        model=paddle.DataParallel(student) if world > 1 else None,
         extra_loss=distiller,
     )
 

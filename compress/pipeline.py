@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -140,12 +141,22 @@ def run(
     """Run the recipe's stages (or the subset `stages`), each cached in WORKDIR/<stage>/ (compress.stages);
     the export stage writes the final bundle with every stage's metrics and WORKDIR/report.md.
 
-    Returns None on data-parallel ranks other than 0 (they only train).
+    Returns None on data-parallel ranks other than 0: they train, then join rank 0's fine-tuning
+    (compress.stages.follow_finetune_jobs).
     """
     import paddle
 
     from compress.compression_report import write_report
-    from compress.stages import StageStore, make_context, run_stages, stage_key, validate_stages
+    from compress.stages import (
+        PARALLEL_DIR,
+        StageStore,
+        follow_finetune_jobs,
+        make_context,
+        post_finished,
+        run_stages,
+        stage_key,
+        validate_stages,
+    )
     from compress.train import train
 
     workdir = Path(workdir)
@@ -158,9 +169,16 @@ def run(
         done = StageStore(workdir).read("train")
         if "train" in chosen and (done is None or done.key != stage_key("train", recipe, "", ctx.data_sha256)):
             train(recipe, data, workdir / "train", resume=resume, progress=False)
+        follow_finetune_jobs(ctx)
         return None
     ctx = make_context(recipe, workdir, data_dir, progress=progress, log=log, resume=resume)
-    result = run_stages(ctx, recipe.stages, chosen)
+    if paddle.distributed.get_world_size() > 1:
+        shutil.rmtree(str(workdir / PARALLEL_DIR), ignore_errors=True)  # earlier launches' jobs
+    try:
+        result = run_stages(ctx, recipe.stages, chosen)
+    finally:
+        if paddle.distributed.get_world_size() > 1:
+            post_finished(workdir)
     metrics = [record.stage_metrics() for record in result.records]
     last = result.records[-1]
     per_class = list(last.info.get("per_class") or [])

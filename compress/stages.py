@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ DONE_FILE = "done.json"
 BUNDLE_FILE = "model.edgebundle"
 CACHE_VERSION = 2
 FINETUNE_LR_FRACTION = 0.5
+PARALLEL_DIR = ".parallel"
+FINISHED_FILE = "finished"
 """Fine-tuning after pruning (and distillation) runs at this fraction of train.lr: the model is trained."""
 
 SECTIONS = {
@@ -278,15 +281,27 @@ def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[f
     return metrics, measured["per_class"]
 
 
-def _finetune(ctx: StageContext, student: Any, epochs: int, teacher: Any = None, distill: Any = None) -> List[Any]:
+def _finetune(
+    ctx: StageContext, student: Any, epochs: int, teacher_checkpoint: Optional[Path] = None, distill: Any = None
+) -> List[Any]:
+    """Fine-tune `student` in place (with distillation from the checkpoint's model when given) at
+    FINETUNE_LR_FRACTION of train.lr; under a data-parallel launch the other ranks join through
+    post_finetune_job. Returns the per-epoch history."""
+    import paddle
+
     from compress.distill import finetune
+    from compress.train import distributed, load_trained
 
     def report(epoch: int, record: Dict[str, float]) -> None:
         parts = ", ".join("{} {:.3f}".format(k, v) for k, v in record.items() if k not in ("epoch", "seconds"))
         ctx.log("  fine-tune epoch {}/{}: {} ({:.0f} s)".format(epoch + 1, epochs, parts, record["seconds"]))
 
-    import paddle
-
+    rank, world = distributed()
+    lr = ctx.recipe.train.lr * FINETUNE_LR_FRACTION
+    if world > 1:
+        post_finetune_job(ctx.workdir, student, teacher_checkpoint, epochs, lr, distill)
+        ctx.log("  fine-tuning data-parallel over {} processes".format(world))
+    teacher = load_trained(teacher_checkpoint) if teacher_checkpoint is not None else None
     paddle.seed(ctx.recipe.train.seed)
     result = finetune(
         student,
@@ -296,10 +311,86 @@ def _finetune(ctx: StageContext, student: Any, epochs: int, teacher: Any = None,
         epochs,
         teacher=teacher,
         distill=distill,
-        lr=ctx.recipe.train.lr * FINETUNE_LR_FRACTION,
+        lr=lr,
         progress=report,
+        rank=rank,
+        world=world,
     )
     return result.history
+
+
+def parallel_folder(workdir: Path) -> Path:
+    """WORKDIR/.parallel/<launcher pid>: where rank 0 of a data-parallel launch hands each fine-tuning job
+    to the other ranks (the processes of one paddle.distributed.launch share their parent)."""
+    return Path(workdir) / PARALLEL_DIR / str(os.getppid())
+
+
+def post_finetune_job(
+    workdir: Path, student: Any, teacher_checkpoint: Optional[Path], epochs: int, lr: float, distill: Any
+) -> Path:
+    """Rank 0: write the next job (the pruned student's weights, then job-<n>.json last) for follow_finetune_jobs."""
+    from compress.prune import save_pruned
+    from edge_sdk.fileio import atomic_write_text
+
+    folder = parallel_folder(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    index = len(list(folder.glob("job-*.json"))) + 1
+    weights = save_pruned(student, folder / "job-{}.pdparams".format(index))
+    job = {
+        "student": weights.name,
+        "teacher": str(teacher_checkpoint) if teacher_checkpoint is not None else None,
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "distill": _plain(distill) if distill is not None else None,
+    }
+    return atomic_write_text(folder / "job-{}.json".format(index), json.dumps(job, sort_keys=True))
+
+
+def post_finished(workdir: Path) -> None:
+    """Rank 0: no more fine-tuning jobs (written when the stages end, also on failure)."""
+    from edge_sdk.fileio import atomic_write_text
+
+    folder = parallel_folder(workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / FINISHED_FILE, "")
+
+
+def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
+    """The other ranks: run rank 0's fine-tuning jobs in order, data parallel, until it posts FINISHED_FILE.
+    Returns the number of jobs run."""
+    import paddle
+
+    from compress.distill import DistillSection, finetune
+    from compress.train import distributed, load_trained
+
+    rank, world = distributed()
+    folder = parallel_folder(ctx.workdir)
+    index = 1
+    while True:
+        job_file = folder / "job-{}.json".format(index)
+        if job_file.exists():
+            job = json.loads(job_file.read_text())
+            student = load_trained(folder / job["student"])
+            teacher = load_trained(Path(job["teacher"])) if job["teacher"] else None
+            distill = DistillSection(**job["distill"]) if job["distill"] else None
+            paddle.seed(ctx.recipe.train.seed)
+            finetune(
+                student,
+                ctx.train_set.images,
+                ctx.input_size,
+                ctx.recipe.train,
+                job["epochs"],
+                teacher=teacher,
+                distill=distill,
+                lr=job["lr"],
+                rank=rank,
+                world=world,
+            )
+            index += 1
+        elif (folder / FINISHED_FILE).exists():
+            return index - 1
+        else:
+            time.sleep(poll_s)
 
 
 def run_train_stage(ctx: StageContext) -> Any:
@@ -341,11 +432,10 @@ def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: 
 
     cfg = section_of(ctx.recipe, "distill")
     student = load_trained(previous.path(ctx.workdir, "checkpoint"))
-    teacher = load_trained(teacher_record.path(ctx.workdir, "checkpoint"))
     ctx.log(
         "distilling: {} epochs, weight {:g}, feature weight {:g}".format(cfg.epochs, cfg.weight, cfg.feature_weight)
     )
-    history = _finetune(ctx, student, cfg.epochs, teacher=teacher, distill=cfg)
+    history = _finetune(ctx, student, cfg.epochs, teacher_record.path(ctx.workdir, "checkpoint"), cfg)
     folder = ctx.workdir / "distill"
     save_pruned(student, folder / "student.pdparams", {"classes": list(ctx.val_set.classes)})
     teacher_sha = file_sha256(teacher_record.path(ctx.workdir, "checkpoint"))

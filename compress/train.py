@@ -550,9 +550,12 @@ def read_checkpoint_info(checkpoint: Path) -> Dict[str, Any]:
     return {k: v for k, v in saved.items() if k != "model"}
 
 
-def _distributed() -> Tuple[int, int]:
+def distributed() -> Tuple[int, int]:
+    """(rank, world size) of this process, set on its device (its GPU, else the CPU); initialises the
+    parallel environment once when world > 1."""
     world = paddle.distributed.get_world_size()
-    if world > 1:
+    paddle.set_device("gpu:{}".format(paddle.distributed.ParallelEnv().device_id) if use_gpu() else "cpu")
+    if world > 1 and not paddle.distributed.is_initialized():
         paddle.distributed.init_parallel_env()
     return paddle.distributed.get_rank(), world
 
@@ -582,10 +585,9 @@ def train(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = recipe.train
-    rank, world = _distributed()
+    rank, world = distributed()
     main_rank = rank == 0
     on_gpu = use_gpu()
-    paddle.set_device("gpu:{}".format(paddle.distributed.ParallelEnv().device_id) if on_gpu else "cpu")
     use_amp = cfg.amp and on_gpu
     if not on_gpu and world == 1 and "OMP_NUM_THREADS" not in os.environ:
         paddle.base.core.set_num_threads(os.cpu_count() or 1)  # dygraph CPU math defaults to 1 thread

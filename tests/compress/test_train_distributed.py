@@ -87,6 +87,44 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
     assert float(ranks[0]["loss"]) != float(ranks[1]["loss"])  # each rank trained on its own images
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_prune_and_distill_fine_tune_data_parallel_on_two_cpu_processes(tmp_path: Path) -> None:
+    """`compress --gpus cpu:2`: rank 1 trains, then joins both fine-tunings rank 0 hands it (a rank
+    that did not join would leave DataParallel waiting: the run would time out instead of finishing)."""
+    import json
+
+    import yaml
+
+    recipe = {
+        "model": {"arch": "mobilenet_v1", "width": 0.125, "input_size": 64},
+        "data": {"path": "synthetic", "images": 40, "seed": 1, "size": [96, 96]},
+        "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.003, "warmup_steps": 2,
+                  "schedule": "cosine", "ema": True, "ema_decay": 0.9, "amp": False, "num_workers": 0},
+        "prune": {"flops_reduction": 0.5, "ratios": [0.3, 0.6], "val_images": 4, "epochs": 1},
+        "distill": {"epochs": 1},
+        "export": {"golden_images": 1},
+        "output": {"name": "tiny-dp", "version": "0.0.1"},
+        "stages": ["train", "prune", "distill", "export"],
+    }  # fmt: skip
+    (tmp_path / "tiny.yml").write_text(yaml.safe_dump(recipe))
+    workdir = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    command = [sys.executable, "-m", "edge_sdk", "compress", "tiny.yml", "--gpus", "cpu:2", "--workdir", "work",
+               "--no-progress"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=380, env=env, cwd=str(tmp_path))
+    logs = "".join(p.read_text(errors="replace") for p in sorted((workdir / "launch-logs").glob("*")) if p.is_file())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:] + logs[-3000:]
+    assert "Traceback" not in logs
+    (jobs,) = list((workdir / ".parallel").iterdir())
+    assert sorted(p.name for p in jobs.iterdir() if p.suffix == ".json") == ["job-1.json", "job-2.json"]
+    assert (jobs / "finished").exists()
+    assert json.loads((jobs / "job-2.json").read_text())["teacher"].endswith("best.pdparams")
+    assert "fine-tuning data-parallel over 2 processes" in logs
+    done = json.loads((workdir / "distill" / "done.json").read_text())
+    assert len(done["info"]["finetune"]) == 1 and (workdir / "tiny-dp-0.0.1.edgebundle").is_file()
+
+
 def _worker(data_dir: str, out_dir: str) -> None:
     import numpy as np
     import paddle
