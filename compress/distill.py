@@ -29,7 +29,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from edge_sdk.errors import DataError, RecipeError
+from edge_sdk.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -232,12 +232,9 @@ def finetune(
     distiller = (
         Distiller(teacher, student, distill.weight, distill.feature_weight) if teacher is not None and distill else None
     )
-    if world > 1 and distiller is not None and distill.feature_weight > 0:
-        raise RecipeError(
-            "distill.feature_weight > 0 runs in one process only (its adapters are not data parallel): set it to 0 "
-            "or leave out --gpus"
-        )
     trainable = nn.LayerList([student] + ([distiller.loss] if distiller is not None else []))
+    if world > 1 and distiller is not None and distiller.loss.parameters():
+        distiller.loss = paddle.DataParallel(distiller.loss)  # the feature adapters' gradients are all-reduced too
     schedule = dataclasses.replace(
         train_cfg,
         epochs=int(epochs),

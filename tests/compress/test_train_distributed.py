@@ -102,7 +102,7 @@ def test_prune_and_distill_fine_tune_data_parallel_on_two_cpu_processes(tmp_path
         "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 0.003, "warmup_steps": 2,
                   "schedule": "cosine", "ema": True, "ema_decay": 0.9, "amp": False, "num_workers": 0},
         "prune": {"flops_reduction": 0.5, "ratios": [0.3, 0.6], "val_images": 4, "epochs": 1},
-        "distill": {"epochs": 1},
+        "distill": {"epochs": 1, "feature_weight": 0.5},
         "export": {"golden_images": 1},
         "output": {"name": "tiny-dp", "version": "0.0.1"},
         "stages": ["train", "prune", "distill", "export"],
@@ -122,6 +122,7 @@ def test_prune_and_distill_fine_tune_data_parallel_on_two_cpu_processes(tmp_path
     assert json.loads((jobs / "job-2.json").read_text())["teacher"].endswith("best.pdparams")
     assert "fine-tuning data-parallel over 2 processes" in logs
     done = json.loads((workdir / "distill" / "done.json").read_text())
+    assert done["info"]["finetune"][0]["distill_feat"] > 0
     assert len(done["info"]["finetune"]) == 1 and (workdir / "tiny-dp-0.0.1.edgebundle").is_file()
 
 
