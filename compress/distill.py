@@ -229,9 +229,8 @@ def finetune(
     )
 
     data = make_training_data(train_records, input_size, train_cfg, rank, world)
-    distiller = (
-        Distiller(teacher, student, distill.weight, distill.feature_weight) if teacher is not None and distill else None
-    )
+    distilling = teacher is not None and distill is not None and (distill.weight > 0 or distill.feature_weight > 0)
+    distiller = Distiller(teacher, student, distill.weight, distill.feature_weight) if distilling else None
     trainable = nn.LayerList([student] + ([distiller.loss] if distiller is not None else []))
     if world > 1 and distiller is not None and distiller.loss.parameters():
         distiller.loss = paddle.DataParallel(distiller.loss)  # the feature adapters' gradients are all-reduced too
