@@ -44,9 +44,9 @@ DONE_FILE = "done.json"
 BUNDLE_FILE = "model.edgebundle"
 CACHE_VERSION = 2
 FINETUNE_LR_FRACTION = 0.5
+"""Fine-tuning after pruning (and distillation) runs at this fraction of train.lr: the model is trained."""
 PARALLEL_DIR = ".parallel"
 FINISHED_FILE = "finished"
-"""Fine-tuning after pruning (and distillation) runs at this fraction of train.lr: the model is trained."""
 
 SECTIONS = {
     "train": ("model", "data", "train", "export"),
@@ -287,10 +287,8 @@ def _finetune(
     """Fine-tune `student` in place (with distillation from the checkpoint's model when given) at
     FINETUNE_LR_FRACTION of train.lr; under a data-parallel launch the other ranks join through
     post_finetune_job. Returns the per-epoch history."""
-    import paddle
 
-    from compress.distill import finetune
-    from compress.train import distributed, load_trained
+    from compress.train import distributed
 
     def report(epoch: int, record: Dict[str, float]) -> None:
         parts = ", ".join("{} {:.3f}".format(k, v) for k, v in record.items() if k not in ("epoch", "seconds"))
@@ -301,6 +299,26 @@ def _finetune(
     if world > 1:
         post_finetune_job(ctx.workdir, student, teacher_checkpoint, epochs, lr, distill)
         ctx.log("  fine-tuning data-parallel over {} processes".format(world))
+    return _run_finetune(ctx, student, epochs, lr, teacher_checkpoint, distill, rank, world, report)
+
+
+def _run_finetune(
+    ctx: StageContext,
+    student: Any,
+    epochs: int,
+    lr: float,
+    teacher_checkpoint: Optional[Path],
+    distill: Any,
+    rank: int,
+    world: int,
+    progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
+) -> List[Any]:
+    """compress.distill.finetune as every rank runs it (same seed, same arguments); the history."""
+    import paddle
+
+    from compress.distill import finetune
+    from compress.train import load_trained
+
     teacher = load_trained(teacher_checkpoint) if teacher_checkpoint is not None else None
     paddle.seed(ctx.recipe.train.seed)
     result = finetune(
@@ -312,7 +330,7 @@ def _finetune(
         teacher=teacher,
         distill=distill,
         lr=lr,
-        progress=report,
+        progress=progress,
         rank=rank,
         world=world,
     )
@@ -358,9 +376,7 @@ def post_finished(workdir: Path) -> None:
 def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
     """The other ranks: run rank 0's fine-tuning jobs in order, data parallel, until it posts FINISHED_FILE.
     Returns the number of jobs run."""
-    import paddle
-
-    from compress.distill import DistillSection, finetune
+    from compress.distill import DistillSection
     from compress.train import distributed, load_trained
 
     rank, world = distributed()
@@ -370,22 +386,10 @@ def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
         job_file = folder / "job-{}.json".format(index)
         if job_file.exists():
             job = json.loads(job_file.read_text())
-            student = load_trained(folder / job["student"])
-            teacher = load_trained(Path(job["teacher"])) if job["teacher"] else None
+            teacher = Path(job["teacher"]) if job["teacher"] else None
             distill = DistillSection(**job["distill"]) if job["distill"] else None
-            paddle.seed(ctx.recipe.train.seed)
-            finetune(
-                student,
-                ctx.train_set.images,
-                ctx.input_size,
-                ctx.recipe.train,
-                job["epochs"],
-                teacher=teacher,
-                distill=distill,
-                lr=job["lr"],
-                rank=rank,
-                world=world,
-            )
+            student = load_trained(folder / job["student"])
+            _run_finetune(ctx, student, job["epochs"], job["lr"], teacher, distill, rank, world)
             index += 1
         elif (folder / FINISHED_FILE).exists():
             return index - 1
