@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -681,7 +682,7 @@ def train(
     bar = _Bars(progress and main_rank, console, cfg.epochs, micro_per_epoch, start_epoch)
     epochs_done = start_epoch
     try:
-        with bar:
+        with bar, _InterruptAtSafePoints() as interrupt:
             for epoch in range(start_epoch, cfg.epochs):
                 frozen = epoch < cfg.freeze_backbone_epochs
                 model.train()
@@ -702,6 +703,7 @@ def train(
                         sums[k] = sums.get(k, 0.0) + v
                     seen += 1
                     bar.advance(losses["loss"], lr)
+                    interrupt.check()
                 record: Dict[str, Any] = {
                     "epoch": epoch + 1,
                     "lr": lr_of_step(trainer.steps),
@@ -770,6 +772,37 @@ def _write_history(out_dir: Path, history: List[Dict[str, Any]]) -> None:
         plot_history(history, out_dir / PLOT_FILE)
     except ImportError:  # matplotlib missing: the curves are still in metrics.jsonl
         pass
+
+
+class _InterruptAtSafePoints:
+    """Ctrl-C during training sets a flag that `check()` (called between iterations) turns into
+    KeyboardInterrupt: a KeyboardInterrupt raised wherever the signal lands (a data loader's __del__
+    runs between epochs) can be swallowed as "exception ignored". A second Ctrl-C raises at once.
+    Only the main thread can install the handler; elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptAtSafePoints:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class _Bars:

@@ -226,8 +226,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data: Path, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_data: Path, tmp_path: Path, num_workers: int) -> None:
     recipe = tiny_recipe(epochs=200, eval_every=100).to_dict()
+    recipe["train"]["num_workers"] = num_workers
     recipe_path = tmp_path / "long.yml"
     recipe_path.write_text(yaml.safe_dump(recipe))
     workdir = tmp_path / "work"
