@@ -225,22 +225,24 @@ def _read_history(path: Path) -> List[Dict[str, Any]]:
 
 
 def rewrite_bundle(
-    draft: Path,
+    draft: Any,
     out: Path,
     metrics: Any = None,
     extra_files: Optional[Dict[str, Any]] = None,
     recipe_sha256: Optional[str] = None,
 ) -> Path:
-    """Re-write bundle `draft` as `out` with the very same member files (the model that was measured is
-    byte for byte the one shipped), plus `extra_files` (archive name -> bytes or path); `metrics` and
-    `recipe_sha256` (provenance) replace the manifest's when given."""
+    """Re-write bundle `draft` (a path, or a Bundle already opened) as `out` with the very same member
+    files (the model that was measured is byte for byte the one shipped), plus `extra_files` (archive
+    name -> bytes or path); `metrics` and `recipe_sha256` (provenance) replace the manifest's when given."""
+    import contextlib
     import dataclasses
 
-    from edge_sdk.bundle import open_bundle, write_bundle
+    from edge_sdk.bundle import Bundle, open_bundle, write_bundle
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open_bundle(draft) as bundle:
+    with contextlib.ExitStack() as stack:
+        bundle = draft if isinstance(draft, Bundle) else stack.enter_context(open_bundle(draft))
         manifest = dataclasses.replace(bundle.manifest, files=(), created_at="")
         if metrics is not None:
             manifest = dataclasses.replace(manifest, metrics=tuple(metrics))

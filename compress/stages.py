@@ -229,6 +229,7 @@ def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any
     from compress.export import export_bundle
     from compress.flops import count_params, model_flops
     from compress.pipeline import rewrite_bundle
+    from edge_sdk.bundle import open_bundle
 
     size = ctx.input_size
     bundle = ctx.workdir / stage / BUNDLE_FILE
@@ -244,8 +245,9 @@ def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any
         (),
         provenance or ctx.provenance(),
     )
-    golden = make_golden(draft, ctx.val_set.images, ctx.recipe.export.golden_images)
-    rewrite_bundle(draft, bundle, extra_files=golden)
+    with open_bundle(draft) as opened:  # opened once: for its golden detections and to re-write it
+        golden = make_golden(opened, ctx.val_set.images, ctx.recipe.export.golden_images)
+        rewrite_bundle(opened, bundle, extra_files=golden)
     draft.unlink()
     return measure_stage(ctx, stage, bundle, float(model_flops(net, (size, size))), float(count_params(net)))
 

@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
         gpus: Optional[str] = typer.Option(
             None,
             "--gpus",
-            help="Train data-parallel on these GPU ids, e.g. 0,1,2,3 (or cpu:N for N CPU processes); relaunches through paddle.distributed.launch.",
+            help="Train and fine-tune data-parallel on these GPU ids, e.g. 0,1,2,3 (or cpu:N for N CPU processes); relaunches through paddle.distributed.launch.",
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue training from WORKDIR/train/last.pdckpt."),
         workdir: Optional[Path] = typer.Option(
