@@ -7,8 +7,8 @@ Bundles are variants of the session's tiny YOLOv3 bundle (real model, real Paddl
 
 from __future__ import annotations
 
-import gzip
 import json
+import lzma
 import re
 import shutil
 import subprocess
@@ -86,12 +86,12 @@ def rewrite_tar(source: Path, out: Path, drop=(), add=None) -> Path:
 
 
 def flip_byte(source: Path, out: Path, member_name: str) -> Path:
-    """`source` (a gzip bundle) with one bit of `member_name`'s content flipped, re-compressed."""
-    data = bytearray(gzip.decompress(source.read_bytes()))
+    """`source` (an xz bundle) with one bit of `member_name`'s content flipped, re-compressed."""
+    data = bytearray(lzma.decompress(source.read_bytes()))
     with tarfile.open(str(source)) as tar:
         member = tar.getmember(member_name)
     data[member.offset_data + member.size // 2] ^= 0x01
-    out.write_bytes(gzip.compress(bytes(data), mtime=0))
+    out.write_bytes(lzma.compress(bytes(data), format=lzma.FORMAT_XZ))
     return out
 
 

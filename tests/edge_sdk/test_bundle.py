@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -73,7 +75,9 @@ def special(name: str, kind: bytes, linkname: str = "") -> Tuple[tarfile.TarInfo
 
 
 def encode(tar_bytes: bytes, encoding: str) -> bytes:
-    """The bytes of a bundle file holding this tar: "gzip" (written today) or "plain" (older bundles)."""
+    """The bytes of a bundle file holding this tar: "xz" (written today), "gzip" or "plain" (older bundles)."""
+    if encoding == "xz":
+        return lzma.compress(tar_bytes, format=lzma.FORMAT_XZ, preset=1)
     return gzip.compress(tar_bytes, mtime=0) if encoding == "gzip" else tar_bytes
 
 
@@ -114,9 +118,15 @@ def snapshot(root: Path) -> Dict[str, Optional[bytes]]:
     return out
 
 
-@pytest.fixture(params=["gzip", "plain"])
+@pytest.fixture(params=["xz", "gzip", "plain"])
 def encoding(request) -> str:
-    """Every hostile archive is tried as a gzip bundle (written today) and a plain tar (older bundles)."""
+    """Every hostile archive is tried as an xz bundle (written today), a gzip and a plain tar (older bundles)."""
+    return request.param
+
+
+@pytest.fixture(params=["xz", "gzip"])
+def compressed(request) -> str:
+    """The compressed encodings, for compression bombs."""
     return request.param
 
 
@@ -178,8 +188,8 @@ def test_round_trip_write_open_compare(sandbox):
     assert verify_bundle(out) == bundle.manifest
 
 
-def test_written_bundle_is_deterministic_gzip(sandbox):
-    """Same manifest (created_at included) and files: byte-identical gzip files, no name or time in the header."""
+def test_written_bundle_is_deterministic_xz(sandbox):
+    """Same manifest (created_at included) and files: byte-identical xz files."""
     manifest = make_manifest(created_at="2024-01-02T03:04:05Z", sdk_version="9.9", paddle_version="2.6.2")
     src = sandbox / "work" / "model.pdiparams"
     src.write_bytes(PARAMS)
@@ -187,31 +197,30 @@ def test_written_bundle_is_deterministic_gzip(sandbox):
     first = write_bundle(sandbox / "in" / "first.edgebundle", manifest, files).read_bytes()
     second = write_bundle(sandbox / "work" / "second.edgebundle", manifest, files).read_bytes()
     assert first == second
-    assert first[:3] == b"\x1f\x8b\x08"  # gzip, deflate
-    assert first[3] == 0  # flags: no file name, comment or extra field
-    assert first[4:8] == bytes(4)  # mtime 0
-    tar_bytes = gzip.decompress(first)
+    assert first[:6] == b"\xfd7zXZ\x00"
+    tar_bytes = lzma.decompress(first)
     assert len(first) < len(tar_bytes) // 2  # the tar is mostly padding and repetitive test data
     with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
         assert tar.getnames()[0] == "manifest.json"
         assert tar.extractfile("model/model.pdiparams").read() == PARAMS
 
 
-def test_old_uncompressed_bundle_still_opens(sandbox):
-    """Robots in the field hold plain-tar bundles written before compression: same manifest and files."""
-    gz = write_bundle(sandbox / "work" / "new.edgebundle", make_manifest(), model_files())
-    plain = sandbox / "in" / "old.edgebundle"
-    plain.write_bytes(gzip.decompress(gz.read_bytes()))
-    with tarfile.open(str(plain), mode="r:"):  # really a plain tar
+@pytest.mark.parametrize("older", ["plain", "gzip"])
+def test_older_bundles_still_open(sandbox, older):
+    """Robots in the field hold plain-tar and gzip bundles written by earlier versions: same manifest and files."""
+    xz = write_bundle(sandbox / "work" / "new.edgebundle", make_manifest(), model_files())
+    old_path = sandbox / "in" / "old.edgebundle"
+    old_path.write_bytes(encode(lzma.decompress(xz.read_bytes()), older))
+    with tarfile.open(str(old_path), mode="r:" if older == "plain" else "r:gz"):  # really that format
         pass
-    with open_bundle(plain, staging_dir=sandbox / "staging") as old, open_bundle(gz) as new:
+    with open_bundle(old_path, staging_dir=sandbox / "staging") as old, open_bundle(xz) as new:
         assert old.manifest == new.manifest
-        assert old.sha256 == hashlib.sha256(plain.read_bytes()).hexdigest() != new.sha256
-        assert old.size == plain.stat().st_size
+        assert old.sha256 == hashlib.sha256(old_path.read_bytes()).hexdigest() != new.sha256
+        assert old.size == old_path.stat().st_size
         for name, data in model_files().items():
             assert old.path_of(name).read_bytes() == data
-    info = inspect_bundle(plain)
-    assert info["size"] == plain.stat().st_size and info["manifest"]["name"] == "pcb-defects"
+    info = inspect_bundle(old_path)
+    assert info["size"] == old_path.stat().st_size and info["manifest"]["name"] == "pcb-defects"
 
 
 def test_write_keeps_given_metadata_and_sources_from_paths(sandbox):
@@ -486,8 +495,7 @@ def _good_tar_bytes(sandbox: Path) -> bytes:
     path = write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files())
     data = path.read_bytes()
     path.unlink()
-    assert data[:2] == b"\x1f\x8b"
-    return gzip.decompress(data)
+    return lzma.decompress(data)
 
 
 def _last_member(tar_bytes: bytes) -> tarfile.TarInfo:
@@ -518,17 +526,17 @@ def test_refuses_archive_without_its_last_member(sandbox, encoding):
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, -8, -1])
-def test_refuses_truncated_gzip_bundle(sandbox, keep):
-    """Cut anywhere in the compressed file, down to its last byte (the gzip length/CRC trailer)."""
+def test_refuses_truncated_compressed_bundle(sandbox, keep):
+    """Cut anywhere in the compressed file, down to its last byte (the xz stream footer)."""
     good = write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files()).read_bytes()
     cut = sandbox / "in" / "cut.edgebundle"
     cut.write_bytes(good[: int(len(good) * keep)] if keep > 0 else good[:keep])
     assert_refused(sandbox, cut, IntegrityError, "cut.edgebundle is truncated")
 
 
-def test_refuses_gzip_bundle_with_corrupt_compressed_data(sandbox):
+def test_refuses_bundle_with_corrupt_compressed_data(sandbox):
     good = bytearray(write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files()).read_bytes())
-    for offset in (len(good) // 2, len(good) - 6):  # inside the deflate data, inside the CRC trailer
+    for offset in (len(good) // 2, len(good) - 6):  # inside the LZMA2 data, inside the stream footer
         bad = bytearray(good)
         bad[offset] ^= 0x55
         path = sandbox / "in" / "bad.edgebundle"
@@ -541,52 +549,67 @@ def _tar_header(info: tarfile.TarInfo) -> bytes:
     return info.tobuf(format=tarfile.PAX_FORMAT)
 
 
-def test_refuses_gzip_bomb_member_declaring_a_huge_size(sandbox):
+def test_refuses_bomb_member_declaring_a_huge_size(sandbox, compressed):
     """A few hundred bytes on disk whose header claims a 5 GiB member: refused from the header alone."""
     info = tarfile.TarInfo("model/model.pdiparams")
     info.size = 5 << 30
     path = sandbox / "in" / "bomb.edgebundle"
-    path.write_bytes(gzip.compress(_tar_header(info) + bytes(1 << 20), mtime=0))
+    path.write_bytes(encode(_tar_header(info) + bytes(1 << 20), compressed))
     assert path.stat().st_size < 4096
     assert_refused(sandbox, path, UnsafeArchiveError, "over the limit of {}".format(4 << 30))
 
 
-def test_refuses_gzip_bomb_pax_header_over_the_decompressed_cap(sandbox):
+def test_refuses_bomb_pax_header_over_the_decompressed_cap(sandbox, compressed):
     """tarfile would read a PAX header into memory whole: 4 MiB of zeros, ~4 KiB compressed, over a ~1 MiB cap."""
     pax = tarfile.TarInfo("././@PaxHeader")
     pax.type = tarfile.XHDTYPE
     pax.size = 4 << 20
     path = sandbox / "in" / "bomb.edgebundle"
-    path.write_bytes(gzip.compress(_tar_header(pax) + bytes(pax.size + 2 * tarfile.BLOCKSIZE), mtime=0))
+    path.write_bytes(encode(_tar_header(pax) + bytes(pax.size + 2 * tarfile.BLOCKSIZE), compressed))
     assert path.stat().st_size < (1 << 20)
     assert_refused(
         sandbox, path, UnsafeArchiveError, "decompresses to more than", max_total_bytes=1 << 20, max_members=4
     )
 
 
-def test_refuses_gzip_bomb_pax_header_with_default_limits(sandbox):
+def test_refuses_bomb_pax_header_with_default_limits(sandbox, compressed):
     """Within the default 8 GiB cap, but tarfile would still load the record into memory: refused before reading."""
     pax = tarfile.TarInfo("././@PaxHeader")
     pax.type = tarfile.XHDTYPE
     pax.size = 64 << 20
     path = sandbox / "in" / "bomb.edgebundle"
-    path.write_bytes(gzip.compress(_tar_header(pax) + bytes(pax.size + 2 * tarfile.BLOCKSIZE), mtime=0))
+    path.write_bytes(encode(_tar_header(pax) + bytes(pax.size + 2 * tarfile.BLOCKSIZE), compressed))
     assert path.stat().st_size < (1 << 20)
     assert_refused(sandbox, path, UnsafeArchiveError, "bomb.edgebundle holds a tar header record over")
 
 
-def test_refuses_gzip_bomb_after_the_end_of_the_tar(sandbox):
-    """A valid bundle followed, inside the gzip stream, by 32 MiB of zeros: the stream is read to its end, capped."""
+def test_refuses_bomb_after_the_end_of_the_tar(sandbox, compressed):
+    """A valid bundle followed, inside the compressed stream, by 32 MiB of zeros: the stream is read to its end, capped."""
     tar_bytes = _good_tar_bytes(sandbox)
     path = sandbox / "in" / "bomb.edgebundle"
-    path.write_bytes(gzip.compress(tar_bytes, mtime=0))
+    path.write_bytes(encode(tar_bytes, compressed))
     with open_bundle(path, staging_dir=sandbox / "staging", max_total_bytes=1 << 20, max_members=4) as bundle:
         assert bundle.path_of("model/model.pdiparams").read_bytes() == PARAMS
-    path.write_bytes(gzip.compress(tar_bytes + bytes(32 << 20), mtime=0))
+    path.write_bytes(encode(tar_bytes + bytes(32 << 20), compressed))
     assert path.stat().st_size < (1 << 20)
     assert_refused(
         sandbox, path, UnsafeArchiveError, "decompresses to more than", max_total_bytes=1 << 20, max_members=4
     )
+
+
+def test_refuses_xz_bundle_needing_a_huge_decoder_dictionary(sandbox):
+    """An xz block header may ask for a 1.5 GiB dictionary, which the decoder would allocate: refused at 128 MiB."""
+    good = bytearray(lzma.compress(_good_tar_bytes(sandbox), format=lzma.FORMAT_XZ, preset=1))
+    header_start = 12  # after the stream header
+    header_size = (good[header_start] + 1) * 4
+    header = good[header_start : header_start + header_size]
+    lzma2 = header.index(bytes([0x21, 0x01]))  # filter id LZMA2, one property byte: the dictionary size
+    header[lzma2 + 2] = 40  # 1.5 GiB
+    header[-4:] = zlib.crc32(bytes(header[:-4])).to_bytes(4, "little")
+    good[header_start : header_start + header_size] = header
+    path = sandbox / "in" / "greedy.edgebundle"
+    path.write_bytes(bytes(good))
+    assert_refused(sandbox, path, UnsafeArchiveError, "more than 128 MiB of memory to decompress")
 
 
 def test_refuses_to_extract_what_does_not_fit_on_disk(sandbox, monkeypatch):
@@ -617,6 +640,9 @@ def test_refuses_to_extract_what_does_not_fit_on_disk(sandbox, monkeypatch):
         gzip.compress(b"", mtime=0),
         gzip.compress(os.urandom(5000), mtime=0),
         gzip.compress(b"PK\x03\x04 a zip file", mtime=0),
+        b"\xfd7zXZ\x00" + os.urandom(5000),
+        lzma.compress(b"", format=lzma.FORMAT_XZ),
+        lzma.compress(os.urandom(5000), format=lzma.FORMAT_XZ),
     ],
 )
 def test_refuses_what_is_not_a_tar(sandbox, content):

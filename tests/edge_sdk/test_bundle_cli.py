@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
+import lzma
 import shutil
 import stat
 import subprocess
@@ -58,14 +58,14 @@ def test_verify_ok(tmp_path, bundle):
 def test_verify_corrupt_bundle_prints_one_error_line(tmp_path, bundle):
     with tarfile.open(str(bundle)) as tar:
         offset = tar.getmember("model/model.pdiparams").offset_data
-    data = bytearray(gzip.decompress(bundle.read_bytes()))
+    data = bytearray(lzma.decompress(bundle.read_bytes()))
     data[offset + 100] ^= 0xFF
     corrupt = tmp_path / "corrupt.edgebundle"
-    corrupt.write_bytes(gzip.compress(bytes(data), mtime=0))  # a well-formed gzip holding a tampered member
+    corrupt.write_bytes(lzma.compress(bytes(data), format=lzma.FORMAT_XZ))  # well-formed xz, a tampered member
     assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "sha256")
 
     damaged = bytearray(bundle.read_bytes())
-    damaged[len(damaged) - 6] ^= 0xFF  # the gzip CRC trailer
+    damaged[len(damaged) - 6] ^= 0xFF  # the xz stream footer (its backward size, under a CRC32)
     corrupt.write_bytes(bytes(damaged))
     assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "corrupt compressed data")
 
