@@ -10,10 +10,10 @@ the manifest only, so compression does not change what is signed.
 
 Opening never trusts the archive. Every member header is checked before anything is written
 (names, types, counts, sizes); the compressed stream is decompressed to its end (its checksums
-checked) with a cap on the decompressed bytes and on the decoder's memory; the manifest is parsed and compared with the
-members; the signature is checked; only then are regular files streamed into a fresh private
-staging folder with a byte cap while their sha256 is computed. Nothing is decompressed into
-memory as a whole. Any failure raises a typed error naming the member (UnsafeArchiveError,
+checked) with caps on the decompressed bytes and on the decoder's memory; the manifest is parsed
+and compared with the members; the signature is checked; only then are regular files streamed
+into a fresh private staging folder with a byte cap while their sha256 is computed. Nothing is
+decompressed into memory as a whole. Any failure raises a typed error naming the member (UnsafeArchiveError,
 IntegrityError, SignatureError, ManifestError) and removes the staging folder. Nothing is ever
 unpickled. tarfile's extraction helpers (and its `filter=`, absent on Python 3.8) are not used:
 the members are read with `extractfile` only.
