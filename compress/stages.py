@@ -42,7 +42,7 @@ STAGE_ORDER = ("train", "prune", "distill", "int8", "export")
 CACHED_STAGES = ("train", "prune", "distill", "int8")
 DONE_FILE = "done.json"
 BUNDLE_FILE = "model.edgebundle"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 FINETUNE_LR_FRACTION = 0.5
 """Fine-tuning after pruning (and distillation) runs at this fraction of train.lr: the model is trained."""
 PARALLEL_DIR = ".parallel"

@@ -37,26 +37,32 @@ def test_loss_is_zero_for_a_perfect_student_and_positive_otherwise():
     loss = DistillationLoss(weight=1.0)
     teacher = _maps(0)
     same = loss([t.clone() for t in teacher], teacher)
-    for key in ("distill_xy", "distill_wh", "distill_cls", "distill_obj", "distill"):
+    for key in ("distill_xy", "distill_wh", "distill_cls", "distill"):
         assert abs(float(same[key])) < 1e-4, key
     different = loss(_maps(1), teacher)
-    for key in ("distill_xy", "distill_wh", "distill_cls", "distill_obj"):
+    for key in ("distill_xy", "distill_wh", "distill_cls"):
         assert float(different[key]) > 0.01, key
     assert float(different["distill"]) == pytest.approx(
-        sum(float(different[k]) for k in ("distill_xy", "distill_wh", "distill_cls", "distill_obj")), rel=1e-5
+        sum(float(different[k]) for k in ("distill_xy", "distill_wh", "distill_cls")), rel=1e-5
     )
 
 
-def test_teacher_objectness_weights_the_box_and_class_terms():
+@pytest.mark.parametrize("teacher_objectness", [-30.0, 30.0])
+def test_teacher_objectness_weights_every_term(teacher_objectness):
+    """Where the teacher sees no object (background), the student is not distilled at all; objectness never is."""
     loss = DistillationLoss()
     teacher, student = _maps(0), _maps(1)
-    for t in teacher:  # teacher sees no object anywhere
+    for t in teacher:
         view = t.reshape([2, 3, 5 + NUM_CLASSES, t.shape[2], t.shape[3]])
-        view[:, :, 4] = -30.0
+        view[:, :, 4] = teacher_objectness
         t.set_value(view.reshape(t.shape))
     parts = loss(student, teacher)
-    assert float(parts["distill_xy"]) < 1e-6 and float(parts["distill_cls"]) < 1e-6
-    assert float(parts["distill_obj"]) > 0.1
+    assert "distill_obj" not in parts
+    for key in ("distill_xy", "distill_wh", "distill_cls"):
+        if teacher_objectness < 0:
+            assert float(parts[key]) < 1e-6, key
+        else:
+            assert float(parts[key]) > 0.1, key
 
 
 def test_gradients_reach_the_student_and_adapters_only():
@@ -179,7 +185,7 @@ def test_finetune_steps_with_the_distillation_loss_and_accumulates(tmp_path):
     assert "distill" not in histories["plain"]
     for name in ("distill", "distill_accumulated"):
         record = histories[name]
-        assert record["distill"] > 0 and {"distill_xy", "distill_wh", "distill_cls", "distill_obj"} <= set(record)
+        assert record["distill"] > 0 and {"distill_xy", "distill_wh", "distill_cls"} <= set(record)
 
 
 def test_finetune_stops_on_a_non_finite_loss(tmp_path):
