@@ -8,7 +8,6 @@ Robot code: no paddleslim, Python 3.8; OpenCV and Paddle only inside the functio
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -85,13 +84,8 @@ def self_check(bundle: Any, trusted_keys: Any = None) -> List[str]:
     (the robot skips the check with a warning). Raises BundleError when the bundle does not open.
     """
     from device.install import HealthSettings, health_check
+    from edge_sdk.bundle import opened_bundle
 
-    settings = HealthSettings(device="cpu", fps_frames=1)
-    if isinstance(bundle, (str, Path)):
-        from edge_sdk.bundle import open_bundle
-
-        with open_bundle(bundle, trusted_keys=trusted_keys) as opened:
-            report = health_check(opened, settings)
-    else:
-        report = health_check(bundle, settings)
+    with opened_bundle(bundle, trusted_keys=trusted_keys) as opened:
+        report = health_check(opened, HealthSettings(device="cpu", fps_frames=1))
     return [] if report.passed else [report.reason]

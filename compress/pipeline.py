@@ -234,15 +234,13 @@ def rewrite_bundle(
     """Re-write bundle `draft` (a path, or a Bundle already opened) as `out` with the very same member
     files (the model that was measured is byte for byte the one shipped), plus `extra_files` (archive
     name -> bytes or path); `metrics` and `recipe_sha256` (provenance) replace the manifest's when given."""
-    import contextlib
     import dataclasses
 
-    from edge_sdk.bundle import Bundle, open_bundle, write_bundle
+    from edge_sdk.bundle import opened_bundle, write_bundle
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        bundle = draft if isinstance(draft, Bundle) else stack.enter_context(open_bundle(draft))
+    with opened_bundle(draft) as bundle:
         manifest = dataclasses.replace(bundle.manifest, files=(), created_at="")
         if metrics is not None:
             manifest = dataclasses.replace(manifest, metrics=tuple(metrics))

@@ -37,7 +37,7 @@ import weakref
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from edge_sdk.errors import BundleError, IntegrityError, ManifestError, SignatureError, UnsafeArchiveError
 from edge_sdk.fileio import fsync_dir
@@ -71,6 +71,7 @@ __all__ = [
     "generate_keypair",
     "inspect_bundle",
     "open_bundle",
+    "opened_bundle",
     "sign_bundle",
     "verify_bundle",
     "write_bundle",
@@ -478,13 +479,11 @@ def _scan(
                     _copy_member(tar, files[name], listed[name], dest, min(limits.member_bytes, listed[name].size))
         except (tarfile.TarError, EOFError) as exc:  # EOFError: a compressed stream that ends early
             raise IntegrityError("bundle {} is truncated or not a tar archive ({})".format(path.name, exc)) from None
-        except lzma.LZMAError as exc:
-            if "memory usage limit" in str(exc).lower():
+        except (zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
+            if isinstance(exc, lzma.LZMAError) and "memory usage limit" in str(exc).lower():
                 raise UnsafeArchiveError(
                     "bundle {} needs more than {} MiB of memory to decompress".format(path.name, XZ_MEMORY_LIMIT >> 20)
                 ) from None
-            raise IntegrityError("bundle {} has corrupt compressed data ({})".format(path.name, exc)) from None
-        except (zlib.error, gzip.BadGzipFile) as exc:
             raise IntegrityError("bundle {} has corrupt compressed data ({})".format(path.name, exc)) from None
     return _ScanResult(manifest, sha256, size, signer is not None, signer)
 
@@ -563,6 +562,17 @@ def open_bundle(
         shutil.rmtree(str(root), ignore_errors=True)
         raise
     return Bundle(path, root, scan)
+
+
+@contextlib.contextmanager
+def opened_bundle(source: Any, trusted_keys: Optional[Union[PathLike, Iterable[PathLike]]] = None) -> Iterator[Any]:
+    """`source` as an opened bundle for a `with` block: a path is opened (open_bundle) and closed at
+    the end; anything else (an opened Bundle) is used as it is and left open for its owner."""
+    if not isinstance(source, (str, os.PathLike)):
+        yield source
+        return
+    with open_bundle(source, trusted_keys=trusted_keys) as bundle:
+        yield bundle
 
 
 def verify_bundle(path: PathLike, trusted_keys: Optional[Union[PathLike, Iterable[PathLike]]] = None) -> Manifest:

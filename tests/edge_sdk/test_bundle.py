@@ -29,6 +29,7 @@ from edge_sdk.bundle import (
     default_bundle_name,
     inspect_bundle,
     open_bundle,
+    opened_bundle,
     verify_bundle,
     write_bundle,
 )
@@ -203,6 +204,17 @@ def test_written_bundle_is_deterministic_xz(sandbox):
     with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
         assert tar.getnames()[0] == "manifest.json"
         assert tar.extractfile("model/model.pdiparams").read() == PARAMS
+
+
+def test_opened_bundle_closes_only_what_it_opened(sandbox):
+    path = write_bundle(sandbox / "in" / "b.edgebundle", make_manifest(), model_files())
+    with opened_bundle(path) as from_path:
+        assert from_path.path_of("model/model.pdiparams").read_bytes() == PARAMS
+    assert from_path.closed
+    with open_bundle(path) as owned:
+        with opened_bundle(owned) as same:
+            assert same is owned
+        assert not owned.closed
 
 
 @pytest.mark.parametrize("older", ["plain", "gzip"])
