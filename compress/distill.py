@@ -215,13 +215,15 @@ def finetune(
     train_cfg: a compress.recipe.TrainSection (batch size, accumulation, AMP on a GPU, optimizer,
     augmentation, EMA, loss); the schedule is cosine from `lr` (default train_cfg.lr) with at most
     one epoch of warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated
-    (mAP@.5 and mAP) at the end. progress(epoch, losses) after each epoch. rank, world: with world > 1
+    (mAP@.5 and mAP) at the end. progress(epoch, losses) after each epoch. Ctrl-C raises
+    KeyboardInterrupt at the next batch boundary (compress.train.InterruptAtSafePoints). rank, world: with world > 1
     every rank calls this with the same arguments and the student runs in paddle.DataParallel, each
     rank on its share of every batch (compress.stages hands the job to the other ranks).
     The steps are compress.train.Trainer's, with the Distiller as its extra loss; the epoch loop is
     this function's own: compress.train.train's also resumes and checkpoints.
     """
     from compress.train import (
+        InterruptAtSafePoints,
         ModelEMA,
         Trainer,
         evaluate_net,
@@ -261,27 +263,29 @@ def finetune(
 
     history: List[Dict[str, Any]] = []
     try:
-        for epoch in range(int(epochs)):
-            student.train()
-            data.set_epoch(epoch)
-            sums: Dict[str, float] = {}
-            started = time.time()
-            batches = 0
-            for losses, _ in trainer.epoch(data.loader, data.micro_batches, lr_of_step):
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise DataError(
-                        "the fine-tuning loss became {} at epoch {}: lower the learning rate".format(
-                            losses["loss"] + losses.get("distill", 0.0), epoch + 1
+        with InterruptAtSafePoints() as interrupt:
+            for epoch in range(int(epochs)):
+                student.train()
+                data.set_epoch(epoch)
+                sums: Dict[str, float] = {}
+                started = time.time()
+                batches = 0
+                for losses, _ in trainer.epoch(data.loader, data.micro_batches, lr_of_step):
+                    if not all(math.isfinite(v) for v in losses.values()):
+                        raise DataError(
+                            "the fine-tuning loss became {} at epoch {}: lower the learning rate".format(
+                                losses["loss"] + losses.get("distill", 0.0), epoch + 1
+                            )
                         )
-                    )
-                batches += 1
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            record: Dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
-            record.update({"epoch": epoch + 1, "seconds": round(time.time() - started, 2)})
-            history.append(record)
-            if progress is not None:
-                progress(epoch, record)
+                    batches += 1
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    interrupt.check()
+                record: Dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
+                record.update({"epoch": epoch + 1, "seconds": round(time.time() - started, 2)})
+                history.append(record)
+                if progress is not None:
+                    progress(epoch, record)
     finally:
         if distiller is not None:
             distiller.close()

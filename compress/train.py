@@ -682,7 +682,7 @@ def train(
     bar = _Bars(progress and main_rank, console, cfg.epochs, micro_per_epoch, start_epoch)
     epochs_done = start_epoch
     try:
-        with bar, _InterruptAtSafePoints() as interrupt:
+        with bar, InterruptAtSafePoints() as interrupt:
             for epoch in range(start_epoch, cfg.epochs):
                 frozen = epoch < cfg.freeze_backbone_epochs
                 model.train()
@@ -774,7 +774,7 @@ def _write_history(out_dir: Path, history: List[Dict[str, Any]]) -> None:
         pass
 
 
-class _InterruptAtSafePoints:
+class InterruptAtSafePoints:
     """Ctrl-C during training sets a flag that `check()` (called between iterations) turns into
     KeyboardInterrupt: a KeyboardInterrupt raised wherever the signal lands (a data loader's __del__
     runs between epochs) can be swallowed as "exception ignored". A second Ctrl-C raises at once.
@@ -793,7 +793,7 @@ class _InterruptAtSafePoints:
         if self.requested:
             raise KeyboardInterrupt
 
-    def __enter__(self) -> _InterruptAtSafePoints:
+    def __enter__(self) -> InterruptAtSafePoints:
         import threading
 
         if threading.current_thread() is threading.main_thread():

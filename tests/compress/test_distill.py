@@ -200,3 +200,38 @@ def test_finetune_stops_on_a_non_finite_loss(tmp_path):
         finetune(
             _student(len(train_set.classes)), train_set.images, SIZE, cfg, 1, teacher=teacher, distill=DistillSection()
         )
+
+
+def test_ctrl_c_stops_finetuning_even_where_an_exception_would_be_swallowed(tmp_path):
+    """A SIGINT landing in code that swallows exceptions (a data loader's __del__ between epochs)
+    must still stop fine-tuning, at the next batch: here it lands in a try/except around os.kill."""
+    import os
+    import signal
+
+    from compress.recipe import TrainSection
+
+    train_set, teacher = _finetune_setup(tmp_path, images=4)
+    cfg = TrainSection(batch_size=4, lr=1e-3, warmup_steps=0, ema=False, amp=False, num_workers=0)
+    finished = []
+
+    def progress(epoch, record):
+        finished.append(epoch + 1)
+        if epoch == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+            except KeyboardInterrupt:
+                pass
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(
+            _student(len(train_set.classes)),
+            train_set.images,
+            SIZE,
+            cfg,
+            4,
+            teacher=teacher,
+            distill=DistillSection(),
+            progress=progress,
+        )
+    assert finished == [1]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
