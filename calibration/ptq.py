@@ -117,6 +117,31 @@ def write_layer_names(model_dir: Union[str, Path], out_path: Optional[Union[str,
     return out_path
 
 
+CALLSTACK_ATTR = "op_callstack"
+
+
+def strip_op_callstacks(model_dir: Union[str, Path]) -> int:
+    """Remove from model_dir/model.pdmodel, in place and atomically, the Python call stacks Paddle
+    records on ops built in static mode (`op_callstack`: about 1 KB of the workstation's file paths
+    per op); the ops and what they compute are unchanged. Returns how many ops had one.
+    Call it on every program that goes into a bundle."""
+    from paddle.framework import core
+
+    path = Path(model_dir) / PROGRAM_FILE
+    desc = core.ProgramDesc(path.read_bytes())
+    stripped = 0
+    for block_index in range(desc.num_blocks()):
+        block = desc.block(block_index)
+        for op_index in range(block.op_size()):
+            op = block.op(op_index)
+            if op.has_attr(CALLSTACK_ATTR):
+                op.remove_attr(CALLSTACK_ATTR)
+                stripped += 1
+    if stripped:
+        atomic_write_bytes(path, desc.serialize_to_string())
+    return stripped
+
+
 def _check_model_dir(model_dir: Path) -> None:
     for name in (PROGRAM_FILE, PARAMS_FILE):
         if not (model_dir / name).is_file():
@@ -350,6 +375,7 @@ def quantize_post_training(
         for name in (PROGRAM_FILE, PARAMS_FILE):
             if not (tmp_dir / name).is_file():
                 raise RecipeError("PaddleSlim wrote no {} for {}".format(name, model_dir))
+        strip_op_callstacks(tmp_dir)
         if layer_names(model_dir):
             write_layer_names(model_dir, tmp_dir / LAYER_NAMES_FILE)
         os.chmod(str(tmp_dir), 0o755)

@@ -19,7 +19,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import paddle
 import paddle.nn as nn
 
-from calibration.ptq import LAYER_NAMES_FILE, write_layer_names
+from calibration.ptq import LAYER_NAMES_FILE, strip_op_callstacks, write_layer_names
 from compress.flops import count_params, model_flops
 from edge_sdk.manifest import (
     InputSpec,
@@ -150,7 +150,8 @@ def export_inference(
     postprocess: Optional[Postprocess] = None,
 ) -> Tuple[Path, Path]:
     """Save `model` with decoding and NMS as out_dir/model.pdmodel + out_dir/model.pdiparams, and the
-    structured names of its weights as out_dir/model.layers.json.
+    structured names of its weights as out_dir/model.layers.json. The program carries no Python call
+    stacks (`calibration.ptq.strip_op_callstacks`).
 
     input_size: (height, width) of the `image` input; the batch dimension stays dynamic. The
     model's train/eval state is restored afterwards; the model itself is not modified.
@@ -169,6 +170,7 @@ def export_inference(
     try:
         static_model = paddle.jit.to_static(wrapper, input_spec=specs, full_graph=True)
         paddle.jit.save(static_model, str(out_dir / "model"))
+        strip_op_callstacks(out_dir)
         write_layer_names(out_dir)
     finally:
         if was_training:

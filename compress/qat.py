@@ -88,7 +88,7 @@ def quantize_aware_train(
     """
     from paddleslim import QAT
 
-    from calibration.ptq import replace_dir
+    from calibration.ptq import replace_dir, strip_op_callstacks
     from compress.export import InferenceModel
     from compress.loss import YOLOv3Loss
     from compress.train import Trainer
@@ -151,6 +151,7 @@ def quantize_aware_train(
     try:
         static_model = paddle.jit.to_static(wrapper, input_spec=specs, full_graph=True)
         quanter.save_quantized_model(static_model, str(tmp_dir / "model"), input_spec=specs)
+        strip_op_callstacks(tmp_dir)
         tmp_dir.chmod(0o755)
         return QATResult(replace_dir(tmp_dir, out_dir), history)
     except BaseException:

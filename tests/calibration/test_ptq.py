@@ -8,10 +8,12 @@ from calibration.ptq import (
     LAYER_NAMES_FILE,
     PARAMS_FILE,
     PARAMS_INFO_FILE,
+    PROGRAM_FILE,
     layer_names,
     list_quantizable_layers,
     quantize_post_training,
     resolve_layers,
+    strip_op_callstacks,
     write_layer_names,
 )
 from edge_sdk.errors import RecipeError
@@ -32,6 +34,35 @@ def test_int8_program_runs_on_cpu_with_onednn_int8_and_is_small(int8_dir, tiny_m
         found = detector.detect(image, score_threshold=0.0)
     assert len(found) > 0
     assert found.boxes[:, 2:].max() <= image.shape[1]
+    assert b"op_callstack" not in (int8_dir / PROGRAM_FILE).read_bytes()
+
+
+def test_strip_op_callstacks_removes_the_paths_and_keeps_the_program(tmp_path):
+    import numpy as np
+    import paddle
+
+    layer = paddle.nn.Linear(4, 2)
+    layer.eval()
+    paddle.jit.save(
+        paddle.jit.to_static(layer, input_spec=[paddle.static.InputSpec([None, 4], "float32", "x")]),
+        str(tmp_path / "model"),
+    )
+    program = tmp_path / PROGRAM_FILE
+    assert b".py" in program.read_bytes()  # paddle.jit.save records where each op was built
+
+    def run():
+        config = paddle.inference.Config(str(program), str(tmp_path / PARAMS_FILE))
+        config.disable_glog_info()
+        predictor = paddle.inference.create_predictor(config)
+        predictor.get_input_handle("x").copy_from_cpu(np.arange(8, dtype="float32").reshape(2, 4))
+        predictor.run()
+        return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+
+    before = run()
+    assert strip_op_callstacks(tmp_path) > 0
+    assert b".py" not in program.read_bytes() and b"op_callstack" not in program.read_bytes()
+    np.testing.assert_array_equal(run(), before)
+    assert strip_op_callstacks(tmp_path) == 0
 
 
 def test_skipped_layer_keeps_float_weights(tiny_model_dir, calibration_records, tmp_path):

@@ -120,6 +120,7 @@ def test_exported_program_matches_dygraph(biased_model, tmp_path):
     assert biased_model.training  # state restored
     biased_model.eval()
     assert pdmodel == tmp_path / "model.pdmodel" and pdiparams.is_file()
+    assert b"op_callstack" not in pdmodel.read_bytes() and b".py" not in pdmodel.read_bytes()
     arrays = _inputs()
     boxes, bbox_num = _run_predictor(pdmodel, pdiparams, arrays)
     with paddle.no_grad():

@@ -37,6 +37,7 @@ def test_qat_fine_tunes_a_copy_and_exports_an_int8_program(
     after = tiny_model.state_dict()
     assert all(np.array_equal(before[k], after[k].numpy()) for k in before)
     ratio = (result.model_dir / "model.pdiparams").stat().st_size / (tiny_model_dir / "model.pdiparams").stat().st_size
+    assert b"op_callstack" not in (result.model_dir / "model.pdmodel").read_bytes()
     print("QAT INT8 / FP32 params size ratio: {:.3f}".format(ratio))
     assert ratio <= 0.35
     manifest = int8_manifest(tiny_manifest_for_qat, Quantization(method="qat"))
