@@ -18,6 +18,11 @@ teacher 0.893, 8 fine-tuning epochs: no distillation 0.796, with that term 0.777
 instead of the threshold), with it weighted by the teacher's objectness 0.780, without it 0.808.
 teacher 0.846, 16 epochs: 0.884, 0.861, 0.865, 0.869 (the student outgrows this teacher).
 
+Distillation helps only while the teacher is ahead of what the student reaches on its own: the
+demo recipe gives the teacher 32 epochs and the student 8 (both at train.lr), where it adds about a
+point of mAP@.5 on average; single runs differ by 1-3 points from seed to seed, so
+benchmarks/compression.py compares means over several seeds.
+
 Optional feature distillation: MSE between the neck outputs (the three tips feeding the head),
 after a 1x1 adapter conv on the student's side when its (pruned) channel count differs.
 """
@@ -204,7 +209,6 @@ def finetune(
     distill: Optional[DistillSection] = None,
     val_set: Any = None,
     postprocess: Any = None,
-    lr: Optional[float] = None,
     progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
     rank: int = 0,
     world: int = 1,
@@ -213,7 +217,7 @@ def finetune(
     `distill.weight` x distillation from `teacher` when both are given.
 
     train_cfg: a compress.recipe.TrainSection (batch size, accumulation, AMP on a GPU, optimizer,
-    augmentation, EMA, loss); the schedule is cosine from `lr` (default train_cfg.lr) with at most
+    augmentation, EMA, loss); the schedule is cosine from train_cfg.lr with at most
     one epoch of warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated
     (mAP@.5 and mAP) at the end. progress(epoch, losses) after each epoch. Ctrl-C raises
     KeyboardInterrupt at the next batch boundary (compress.train.InterruptAtSafePoints). rank, world: with world > 1
@@ -243,7 +247,7 @@ def finetune(
     schedule = dataclasses.replace(
         train_cfg,
         epochs=int(epochs),
-        lr=float(train_cfg.lr if lr is None else lr),
+        lr=float(train_cfg.lr),
         schedule="cosine",
         warmup_steps=min(int(train_cfg.warmup_steps), data.steps_per_epoch),
     )

@@ -42,9 +42,7 @@ STAGE_ORDER = ("train", "prune", "distill", "int8", "export")
 CACHED_STAGES = ("train", "prune", "distill", "int8")
 DONE_FILE = "done.json"
 BUNDLE_FILE = "model.edgebundle"
-CACHE_VERSION = 3
-FINETUNE_LR_FRACTION = 0.5
-"""Fine-tuning after pruning (and distillation) runs at this fraction of train.lr: the model is trained."""
+CACHE_VERSION = 4
 PARALLEL_DIR = ".parallel"
 FINISHED_FILE = "finished"
 
@@ -286,8 +284,8 @@ def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[f
 def _finetune(
     ctx: StageContext, student: Any, epochs: int, teacher_checkpoint: Optional[Path] = None, distill: Any = None
 ) -> List[Any]:
-    """Fine-tune `student` in place (with distillation from the checkpoint's model when given) at
-    FINETUNE_LR_FRACTION of train.lr; under a data-parallel launch the other ranks join through
+    """Fine-tune `student` in place (with distillation from the checkpoint's model when given) with
+    train.lr on a fresh cosine schedule; under a data-parallel launch the other ranks join through
     post_finetune_job. Returns the per-epoch history."""
 
     from compress.train import distributed
@@ -297,18 +295,16 @@ def _finetune(
         ctx.log("  fine-tune epoch {}/{}: {} ({:.0f} s)".format(epoch + 1, epochs, parts, record["seconds"]))
 
     rank, world = distributed()
-    lr = ctx.recipe.train.lr * FINETUNE_LR_FRACTION
     if world > 1:
-        post_finetune_job(ctx.workdir, student, teacher_checkpoint, epochs, lr, distill)
+        post_finetune_job(ctx.workdir, student, teacher_checkpoint, epochs, distill)
         ctx.log("  fine-tuning data-parallel over {} processes".format(world))
-    return _run_finetune(ctx, student, epochs, lr, teacher_checkpoint, distill, rank, world, report)
+    return _run_finetune(ctx, student, epochs, teacher_checkpoint, distill, rank, world, report)
 
 
 def _run_finetune(
     ctx: StageContext,
     student: Any,
     epochs: int,
-    lr: float,
     teacher_checkpoint: Optional[Path],
     distill: Any,
     rank: int,
@@ -331,7 +327,6 @@ def _run_finetune(
         epochs,
         teacher=teacher,
         distill=distill,
-        lr=lr,
         progress=progress,
         rank=rank,
         world=world,
@@ -346,7 +341,7 @@ def parallel_folder(workdir: Path) -> Path:
 
 
 def post_finetune_job(
-    workdir: Path, student: Any, teacher_checkpoint: Optional[Path], epochs: int, lr: float, distill: Any
+    workdir: Path, student: Any, teacher_checkpoint: Optional[Path], epochs: int, distill: Any
 ) -> Path:
     """Rank 0: write the next job (the pruned student's weights, then job-<n>.json last) for follow_finetune_jobs."""
     from compress.prune import save_pruned
@@ -360,7 +355,6 @@ def post_finetune_job(
         "student": weights.name,
         "teacher": str(teacher_checkpoint) if teacher_checkpoint is not None else None,
         "epochs": int(epochs),
-        "lr": float(lr),
         "distill": _plain(distill) if distill is not None else None,
     }
     return atomic_write_text(folder / "job-{}.json".format(index), json.dumps(job, sort_keys=True))
@@ -391,7 +385,7 @@ def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
             teacher = Path(job["teacher"]) if job["teacher"] else None
             distill = DistillSection(**job["distill"]) if job["distill"] else None
             student = load_trained(folder / job["student"])
-            _run_finetune(ctx, student, job["epochs"], job["lr"], teacher, distill, rank, world)
+            _run_finetune(ctx, student, job["epochs"], teacher, distill, rank, world)
             index += 1
         elif (folder / FINISHED_FILE).exists():
             return index - 1
