@@ -1,16 +1,17 @@
 """Compression targets, measured side by side from one finished compress workdir.
 
-    .venv/bin/python benchmarks/compression.py [--workdir WORKDIR] [--recipe recipes/demo.yml]
+    .venv/bin/python benchmarks/compression.py [--workdir WORKDIR] [--recipe recipes/demo.yml] [--seeds 3]
 
 WORKDIR is a folder `edge-sdk compress` / `edge-sdk demo` has run all stages in (train, prune,
 distill, int8); without it (or when its stages are missing) the recipe's pipeline runs there first
 (default workdir: bench-compression/). Every number comes from the stages' done-records (bundles run
 through device.pipeline.Detector on the val set) except "distillation helps": the distill stage runs
-again with distill.weight 0 in WORKDIR/bench-nodistill (the same pruned model fine-tuned for the same
-epochs, lr, seed and data WITHOUT the teacher, data parallel on 2 CPU processes like the demo), and is
-exported and measured the same way, next to the distilled model's mAP@.5. Bundle bytes are the sizes of the files
-that are flashed (compressed, with the same golden images in the FP32 and the INT8 bundle); the
-"uncompressed" lines compare the members as the manifest lists them.
+again in WORKDIR/bench-distill/ from the same pruned model, for the same epochs, lr and data, without
+the teacher (distill.weight 0) under --seeds seeds, and with it under the seeds the distill stage did
+not use, data parallel on 2 CPU processes like the demo; each run is exported and measured the same
+way. The target compares the means: one pair of runs is within the seed-to-seed spread. Bundle bytes
+are the sizes of the files that are flashed (compressed, with the same golden images in the FP32 and
+the INT8 bundle); the "uncompressed" lines compare the members as the manifest lists them.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def member_bytes(bundle: Path, prefix: str) -> int:
         return sum(entry.size for entry in opened.manifest.files if entry.path.startswith(prefix))
 
 
-def fine_tune_without_distillation(recipe_path: Path, workdir: Path, log, quiet: bool) -> dict:
-    """Metrics of the distill stage re-run with distill.weight 0 (plain fine-tuning: same epochs, lr, seed
-    and data) in WORKDIR/bench-nodistill, from the same pruned model, the way `edge-sdk demo` runs it
-    (data parallel over 2 CPU processes when there are 2 cores)."""
+def fine_tune(recipe_path: Path, workdir: Path, seed: int, teacher: bool, log, quiet: bool) -> dict:
+    """Metrics of the distill stage re-run in WORKDIR/bench-distill/<with|without>-seed<seed>: the same
+    pruned model fine-tuned for the same epochs, lr and data with train.seed = `seed` (the shuffle and
+    the augmentation), with the recipe's distill section or with distill.weight 0 (plain fine-tuning),
+    the way `edge-sdk demo` runs it (data parallel over 2 CPU processes when there are 2 cores)."""
     import json
     import os
     import shutil
@@ -50,22 +52,36 @@ def fine_tune_without_distillation(recipe_path: Path, workdir: Path, log, quiet:
 
     import yaml
 
-    folder = workdir / "bench-nodistill"
+    folder = workdir / "bench-distill" / "{}-seed{}".format("with" if teacher else "without", seed)
     for stage in ("data", "train", "prune"):
         shutil.rmtree(str(folder / stage), ignore_errors=True)
         shutil.copytree(str(workdir / stage), str(folder / stage))
     document = yaml.safe_load(Path(recipe_path).read_text())
-    document.setdefault("distill", {}).update(weight=0.0, feature_weight=0.0)
-    recipe = folder / "nodistill.yml"
+    document.setdefault("train", {})["seed"] = seed
+    if not teacher:
+        document.setdefault("distill", {}).update(weight=0.0, feature_weight=0.0)
+    recipe = folder / "recipe.yml"
     recipe.write_text(yaml.safe_dump(document))
     command = [sys.executable, "-m", "edge_sdk", "compress", str(recipe), "--workdir", str(folder)]
     command += ["--stages", "distill", "--no-progress"]
     if (os.cpu_count() or 1) > 1:
         command += ["--gpus", "cpu:2"]
-    log("fine-tuning the pruned model {} epochs without distillation".format(document["distill"].get("epochs")))
+    log(
+        "fine-tuning the pruned model {} epochs {} distillation, seed {}".format(
+            document.get("distill", {}).get("epochs"), "with" if teacher else "without", seed
+        )
+    )
     quiet_output = subprocess.DEVNULL if quiet else None
     subprocess.run(command, check=True, stdout=quiet_output, stderr=quiet_output)
     return json.loads((folder / "distill" / "done.json").read_text())["metrics"]
+
+
+def _mean(values):
+    return None if not values or None in values else sum(values) / len(values)
+
+
+def _difference(a, b):
+    return None if a is None or b is None else a - b
 
 
 def row(label: str, value, target: str, passed) -> str:
@@ -78,6 +94,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench-compression"))
     parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "demo.yml")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="Fine-tune the pruned model with and without the teacher under this many seeds (train.seed, "
+        "+1, ...; the distill stage itself is the first run with the teacher): one run is within the "
+        "seed-to-seed spread of a few points of mAP@.5.",
+    )
     parser.add_argument("--quiet", action="store_true", help="Hide the stages' progress lines.")
     args = parser.parse_args()
 
@@ -99,7 +123,10 @@ def main() -> int:
         return 1
     fp32 = store.read(int8.info.get("from", "distill"))
 
-    nodistill = fine_tune_without_distillation(args.recipe, args.workdir, log, args.quiet)
+    seeds = [recipe.train.seed + k for k in range(max(1, args.seeds))]
+    with_teacher = [distill.metrics["map50"]]
+    with_teacher += [fine_tune(args.recipe, args.workdir, s, True, log, args.quiet)["map50"] for s in seeds[1:]]
+    without_teacher = [fine_tune(args.recipe, args.workdir, s, False, log, args.quiet)["map50"] for s in seeds]
 
     m = {r.stage: r.metrics for r in (train, prune, distill, int8)}
     flops = _ratio(m["prune"]["flops"], m["train"]["flops"])
@@ -133,19 +160,15 @@ def main() -> int:
     print(row("CPU latency pruned / unpruned", lat_pruned, "(report)", None))
     print(row("CPU latency INT8 / FP32", lat_int8, "(report)", None))
     print(row("mAP@.5 unpruned (train)", m["train"]["map50"], "", None))
-    print(row("mAP@.5 pruned, fine-tuned without distillation", nodistill["map50"], "", None))
-    print(row("mAP@.5 pruned, fine-tuned with distillation", m["distill"]["map50"], "", None))
-    helps = None
-    if nodistill["map50"] is not None and m["distill"]["map50"] is not None:
-        helps = m["distill"]["map50"] > nodistill["map50"]
-    print(
-        row(
-            "distillation helps (with - without)",
-            None if helps is None else m["distill"]["map50"] - nodistill["map50"],
-            "> 0",
-            helps,
-        )
-    )
+    seed_list = " ".join(str(x) for x in seeds)
+    for label, values in (("without", without_teacher), ("with", with_teacher)):
+        print(row("mAP@.5 pruned, fine-tuned {} distillation (mean)".format(label), _mean(values), "", None))
+        print("  seeds {}: {}".format(seed_list, " ".join("n/a" if v is None else "{:.3f}".format(v) for v in values)))
+    gain = _difference(_mean(with_teacher), _mean(without_teacher))
+    print(row("distillation helps (mean with - mean without)", gain, "> 0", None if gain is None else gain > 0))
+    if gain is not None:
+        better = sum(w > wo for w, wo in zip(with_teacher, without_teacher))
+        print("  seeds where distillation scored higher: {} of {}".format(better, len(seeds)))
     return 0
 
 
