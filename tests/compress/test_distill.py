@@ -37,19 +37,19 @@ def test_loss_is_zero_for_a_perfect_student_and_positive_otherwise():
     loss = DistillationLoss(weight=1.0)
     teacher = _maps(0)
     same = loss([t.clone() for t in teacher], teacher)
-    for key in ("distill_xy", "distill_wh", "distill_cls", "distill"):
+    for key in ("distill_xy", "distill_wh", "distill_cls", "distill_obj", "distill"):
         assert abs(float(same[key])) < 1e-4, key
     different = loss(_maps(1), teacher)
-    for key in ("distill_xy", "distill_wh", "distill_cls"):
+    for key in ("distill_xy", "distill_wh", "distill_cls", "distill_obj"):
         assert float(different[key]) > 0.01, key
     assert float(different["distill"]) == pytest.approx(
-        sum(float(different[k]) for k in ("distill_xy", "distill_wh", "distill_cls")), rel=1e-5
+        sum(float(different[k]) for k in ("distill_xy", "distill_wh", "distill_cls", "distill_obj")), rel=1e-5
     )
 
 
 @pytest.mark.parametrize("teacher_objectness", [-30.0, 30.0])
 def test_teacher_objectness_weights_every_term(teacher_objectness):
-    """Where the teacher sees no object (background), the student is not distilled at all; objectness never is."""
+    """Where the teacher sees no object (background), the student is not distilled at all."""
     loss = DistillationLoss()
     teacher, student = _maps(0), _maps(1)
     for t in teacher:
@@ -57,8 +57,7 @@ def test_teacher_objectness_weights_every_term(teacher_objectness):
         view[:, :, 4] = teacher_objectness
         t.set_value(view.reshape(t.shape))
     parts = loss(student, teacher)
-    assert "distill_obj" not in parts
-    for key in ("distill_xy", "distill_wh", "distill_cls"):
+    for key in ("distill_xy", "distill_wh", "distill_cls", "distill_obj"):
         if teacher_objectness < 0:
             assert float(parts[key]) < 1e-6, key
         else:
@@ -185,7 +184,7 @@ def test_finetune_steps_with_the_distillation_loss_and_accumulates(tmp_path):
     assert "distill" not in histories["plain"]
     for name in ("distill", "distill_accumulated"):
         record = histories[name]
-        assert record["distill"] > 0 and {"distill_xy", "distill_wh", "distill_cls"} <= set(record)
+        assert record["distill"] > 0 and {"distill_xy", "distill_wh", "distill_cls", "distill_obj"} <= set(record)
 
 
 def test_finetune_stops_on_a_non_finite_loss(tmp_path):
