@@ -218,12 +218,12 @@ def finetune(
     `distill.weight` x distillation from `teacher` when both are given.
 
     train_cfg: a compress.recipe.TrainSection (batch size, accumulation, AMP on a GPU, optimizer,
-    augmentation, EMA, loss); the schedule is cosine from train_cfg.lr with at most
-    one epoch of warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated
-    (mAP@.5 and mAP) at the end. progress(epoch, losses) after each epoch. Ctrl-C raises
-    KeyboardInterrupt at the next batch boundary (compress.train.InterruptAtSafePoints). rank, world: with world > 1
-    every rank calls this with the same arguments and the student runs in paddle.DataParallel, each
-    rank on its share of every batch (compress.stages hands the job to the other ranks).
+    augmentation, EMA, loss); the schedule is cosine from train_cfg.lr with at most one epoch of
+    warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated (mAP@.5 and
+    mAP) at the end. progress(epoch, losses) after each epoch. Ctrl-C raises KeyboardInterrupt at the
+    next batch boundary (compress.train.InterruptAtSafePoints). rank, world: with world > 1 every
+    rank calls this with the same arguments and the student runs in paddle.DataParallel, each rank
+    on its share of every batch (compress.stages hands the job to the other ranks).
     The steps are compress.train.Trainer's, with the Distiller as its extra loss; the epoch loop is
     this function's own: compress.train.train's also resumes and checkpoints.
     """
