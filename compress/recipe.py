@@ -390,6 +390,8 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
         data = yaml.safe_load(raw.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RecipeError("recipe {} is not valid YAML: {}".format(path, str(exc).replace("\n", " "))) from None
+    if not data:
+        raise RecipeError("recipe {} sets no fields (it is empty or only comments); see recipes/*.yml".format(path))
     try:
         return recipe_from_dict(data, source=str(path), sha256=hashlib.sha256(raw).hexdigest())
     except RecipeError as exc:

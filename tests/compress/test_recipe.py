@@ -97,6 +97,14 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
         load_recipe(tmp_path / "missing.yml")
 
 
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n", "---\n", "{}\n"])
+def test_a_recipe_that_sets_nothing_is_refused(tmp_path: Path, text: str) -> None:
+    empty = tmp_path / "empty.yml"
+    empty.write_text(text)
+    with pytest.raises(RecipeError, match="sets no fields"):
+        load_recipe(empty)
+
+
 def test_defaults_follow_paddledetection() -> None:
     r = recipe_from_dict({})
     assert r.export.postprocess.conf_threshold == 0.005 and r.export.postprocess.nms_iou == 0.45
