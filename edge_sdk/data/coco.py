@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
-from edge_sdk.data.dataset import Dataset, ImageRecord
+from edge_sdk.data.dataset import Dataset, ImageRecord, check_box, image_size_problem, relative_name_problem
 from edge_sdk.errors import DataError
 
 
@@ -29,8 +29,6 @@ def _image_dirs(json_path: Path) -> List[Path]:
 
 def _resolve_image(file_name: str, dirs: Sequence[Path]) -> Path:
     candidate = Path(file_name)
-    if candidate.is_absolute():
-        return candidate if candidate.is_file() else Path()
     for folder in dirs:
         path = folder / candidate
         if path.is_file():
@@ -44,8 +42,9 @@ def load_coco(json_path: Union[str, Path]) -> Dataset:
     Classes are the categories sorted by id, mapped to contiguous 0-based class ids. Boxes become
     xyxy pixels (COCO's [x, y, w, h] -> [x, y, x + w, y + h]); `iscrowd` and `area` are kept (area
     defaults to w * h). Images without annotations are kept. Image files are looked up relative to
-    the JSON's folder, then its `images/` sibling (absolute file names are used as they are).
-    Raises DataError naming the file and the bad entry.
+    the JSON's folder, then its `images/` sibling, then `../images`; a `file_name` that is absolute
+    or has a '..' part is refused. Every box must lie inside its image (see `check_box`): one bad
+    entry makes the whole file an error, raised as DataError naming the file, the entry and its id.
     """
     path = Path(json_path)
     name = str(json_path)
@@ -87,14 +86,20 @@ def load_coco(json_path: Union[str, Path]) -> Dataset:
         file_name = image.get("file_name")
         if not isinstance(file_name, str) or not file_name:
             raise DataError("{}: 'file_name' must be a non-empty string, got {!r}".format(where, file_name))
-        width, height = image.get("width"), image.get("height")
-        if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+        escape = relative_name_problem(file_name)
+        if escape is not None:
             raise DataError(
-                "{}: 'width' and 'height' must be positive integers, got {!r} x {!r}".format(where, width, height)
+                "{}: 'file_name' {!r} {}: image files must be inside the dataset folder".format(
+                    where, file_name, escape
+                )
             )
+        width, height = image.get("width"), image.get("height")
+        size_problem = image_size_problem(width, height)
+        if size_problem is not None:
+            raise DataError("{}: {}".format(where, size_problem))
         image_path = _resolve_image(file_name, dirs)
         if image_path == Path():
-            looked = ", ".join(str(d) for d in dirs) if not Path(file_name).is_absolute() else file_name
+            looked = ", ".join(str(d) for d in dirs)
             raise DataError("{}: image file '{}' not found (looked in {})".format(where, file_name, looked))
         headers[image_id] = (image_path, width, height)
         order.append(image_id)
@@ -107,6 +112,8 @@ def load_coco(json_path: Union[str, Path]) -> Dataset:
         where = "{}: annotations[{}]".format(name, i)
         if not isinstance(annotation, dict):
             raise DataError("{}: is not an object".format(where))
+        if "id" in annotation:
+            where += " (id {!r})".format(annotation["id"])
         image_id = annotation.get("image_id")
         if not _is_int(image_id) or image_id not in headers:
             raise DataError("{}: unknown image_id {!r}".format(where, image_id))
@@ -117,16 +124,16 @@ def load_coco(json_path: Union[str, Path]) -> Dataset:
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             raise DataError("{}: bbox must be a list of 4 finite numbers [x, y, w, h], got {!r}".format(where, bbox))
         x, y, w, h = (float(v) for v in bbox)
-        if w < 0:
-            raise DataError("{}: bbox has negative width ({})".format(where, w))
-        if h < 0:
-            raise DataError("{}: bbox has negative height ({})".format(where, h))
+        _, width, height = headers[image_id]
+        check_box((x, y, x + w, y + h), width, height, "{}: bbox {!r}".format(where, bbox))
         iscrowd = annotation.get("iscrowd", 0)
         if iscrowd not in (0, 1) or isinstance(iscrowd, float):
             raise DataError("{}: iscrowd must be 0 or 1, got {!r}".format(where, iscrowd))
         area = annotation.get("area", w * h)
-        if not _is_number(area) or area < 0:
-            raise DataError("{}: area must be a non-negative number, got {!r}".format(where, area))
+        if not _is_number(area) or not 0 <= area <= width * height:
+            raise DataError(
+                "{}: area must be a number in 0..{} (the image's area), got {!r}".format(where, width * height, area)
+            )
         boxes[image_id].append([x, y, x + w, y + h])
         labels[image_id].append(class_of_category[category_id])
         crowds[image_id].append(bool(iscrowd))

@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 
-from edge_sdk.data.dataset import Dataset, ImageRecord
+from edge_sdk.data.dataset import Dataset, ImageRecord, check_box, image_size_problem, relative_name_problem
 from edge_sdk.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG", ".BMP")
@@ -85,7 +85,7 @@ def _parse(xml_path: Path, shown: str) -> ElementTree.Element:
     return root
 
 
-def _objects(root: ElementTree.Element, shown: str) -> List[_Object]:
+def _objects(root: ElementTree.Element, width: int, height: int, shown: str) -> List[_Object]:
     objects = []
     for number, element in enumerate(root.findall("object"), start=1):
         where = "{}: object {}".format(shown, number)
@@ -97,10 +97,8 @@ def _objects(root: ElementTree.Element, shown: str) -> List[_Object]:
             raise DataError("{} ({}) has no <bndbox>".format(where, name))
         x1, y1 = _number(bndbox, "xmin", where), _number(bndbox, "ymin", where)
         x2, y2 = _number(bndbox, "xmax", where), _number(bndbox, "ymax", where)
-        if x2 < x1:
-            raise DataError("{}: bndbox has negative width (xmin {:g} > xmax {:g})".format(where, x1, x2))
-        if y2 < y1:
-            raise DataError("{}: bndbox has negative height (ymin {:g} > ymax {:g})".format(where, y1, y2))
+        written = "{}: bndbox (xmin {:g}, ymin {:g}, xmax {:g}, ymax {:g})".format(where, x1, y1, x2, y2)
+        check_box((x1, y1, x2, y2), width, height, written)
         difficult = _text(element, "difficult") or "0"
         if difficult not in ("0", "1"):
             raise DataError("{}: <difficult> must be 0 or 1, got {!r}".format(where, difficult))
@@ -110,6 +108,11 @@ def _objects(root: ElementTree.Element, shown: str) -> List[_Object]:
 
 def _find_image(root: ElementTree.Element, xml_path: Path, image_dir: Path, shown: str) -> Path:
     file_name = _text(root, "filename")
+    escape = relative_name_problem(file_name) if file_name else None
+    if escape is not None:
+        raise DataError(
+            "{}: <filename> {!r} {}: image files must be inside the dataset folder".format(shown, file_name, escape)
+        )
     candidates = []
     if file_name:
         candidates.append(image_dir / file_name)
@@ -129,9 +132,14 @@ def _image_size(root: ElementTree.Element, image_path: Path, shown: str) -> Tupl
         width, height = _text(size, "width"), _text(size, "height")
         try:
             w, h = int(float(width or 0)), int(float(height or 0))
-        except ValueError:
-            raise DataError("{}: <size> has a width or height that is not a number".format(shown)) from None
+        except (ValueError, OverflowError):
+            raise DataError(
+                "{}: <size> has a width or height that is not a number ({!r} x {!r})".format(shown, width, height)
+            ) from None
         if w > 0 and h > 0:
+            problem = image_size_problem(w, h)
+            if problem is not None:
+                raise DataError("{}: <size> {}".format(shown, problem))
             return w, h
     import cv2  # only for files whose <size> is missing or zero
 
@@ -149,7 +157,9 @@ def load_voc(folder: Union[str, Path], split: Optional[str] = None) -> Dataset:
     present (one per line, in class-id order), else the sorted names found. `difficult` objects get
     iscrowd=True (ignored by evaluation). Boxes are read as written (xmin, ymin, xmax, ymax), no
     1-pixel shift. split: a name in `ImageSets/Main/<split>.txt` to read only those images.
-    Raises DataError naming the file and the bad entry.
+    A <filename> that is absolute or has a '..' part is refused, and every box must lie inside its
+    image (see `check_box`): one bad entry makes the dataset an error, raised as DataError naming
+    the XML file, the object and the field.
     """
     root_folder = Path(folder)
     if not root_folder.is_dir():
@@ -174,9 +184,9 @@ def load_voc(folder: Union[str, Path], split: Optional[str] = None) -> Dataset:
     for xml_path in xml_paths:
         shown = str(Path(folder) / xml_path.relative_to(root_folder))
         root = _parse(xml_path, shown)
-        objects = _objects(root, shown)
         image_path = _find_image(root, xml_path, image_dir, shown)
         width, height = _image_size(root, image_path, shown)
+        objects = _objects(root, width, height, shown)
         parsed.append((shown, image_path, width, height, objects))
 
     if labels is None:

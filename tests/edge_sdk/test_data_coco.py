@@ -68,21 +68,68 @@ def _broken(change) -> dict:
 
 
 CASES = [
-    (lambda d: d["annotations"][2]["bbox"].__setitem__(2, -3), r"val\.json: annotations\[2\]: bbox has negative width"),
+    (
+        lambda d: d["annotations"][2]["bbox"].__setitem__(2, -3),
+        r"val\.json: annotations\[2\] \(id 3\): bbox \[0, 0, -3, 32\] has negative width",
+    ),
     (
         lambda d: d["annotations"][1]["bbox"].__setitem__(3, -1),
-        r"val\.json: annotations\[1\]: bbox has negative height",
+        r"val\.json: annotations\[1\] \(id 2\): bbox \[5\.5, 6, 4, -1\] has negative height",
     ),
-    (lambda d: d["annotations"][1].__setitem__("bbox", [1, 2, 3]), r"annotations\[1\]: bbox must be a list of 4"),
-    (lambda d: d["annotations"][0].__setitem__("category_id", 99), r"annotations\[0\]: unknown category id 99"),
-    (lambda d: d["annotations"][2].__setitem__("image_id", 5), r"annotations\[2\]: unknown image_id 5"),
-    (lambda d: d["annotations"][0].__setitem__("iscrowd", 2), r"annotations\[0\]: iscrowd must be 0 or 1"),
+    (lambda d: d["annotations"][1]["bbox"].__setitem__(2, 0), r"annotations\[1\] \(id 2\): bbox .* has zero area"),
+    (lambda d: d["annotations"][0]["bbox"].__setitem__(3, 0.0), r"annotations\[0\] \(id 1\): bbox .* has zero area"),
+    (
+        lambda d: d["annotations"][0]["bbox"].__setitem__(0, 1e39),
+        r"annotations\[0\] \(id 1\): bbox \[1e\+39, 2, 10, 20\] is outside the 64 x 48 image \(left edge at 1e\+39\)",
+    ),
+    (
+        lambda d: d["annotations"][0].__setitem__("bbox", [1e308, 1e308, 1e308, 1e308]),
+        r"annotations\[0\] \(id 1\): bbox .* is outside the 64 x 48 image",
+    ),
+    (
+        lambda d: d["annotations"][0].__setitem__("bbox", [60, 2, 10, 20]),
+        r"annotations\[0\] \(id 1\): bbox \[60, 2, 10, 20\] is outside the 64 x 48 image \(right edge at 70\)",
+    ),
+    (
+        lambda d: d["annotations"][2].__setitem__("bbox", [-40, -40, 10, 10]),
+        r"annotations\[2\] \(id 3\): bbox .* is outside the 32 x 32 image \(left edge at -40\)",
+    ),
+    (
+        lambda d: d["annotations"][0].__setitem__("area", 1e39),
+        r"annotations\[0\] \(id 1\): area must be a number in 0\.\.3072",
+    ),
+    (
+        lambda d: d["images"][0].__setitem__("file_name", "../../../../etc/passwd"),
+        r"images\[0\]: 'file_name' '\.\./\.\./\.\./\.\./etc/passwd' has a '\.\.' part: image files must be inside the dataset",
+    ),
+    (
+        lambda d: d["images"][0].__setitem__("file_name", "images/../../a.png"),
+        r"images\[0\]: 'file_name' 'images/\.\./\.\./a\.png' has a '\.\.' part",
+    ),
+    (
+        lambda d: d["images"][0].__setitem__("file_name", "/etc/passwd"),
+        r"images\[0\]: 'file_name' '/etc/passwd' is an absolute path",
+    ),
+    (
+        lambda d: d["images"][0].__setitem__("width", 10**40),
+        r"images\[0\]: width and height must be whole numbers of pixels in 1\.\.65535, got 10{40} x 48",
+    ),
+    (
+        lambda d: d["annotations"][1].__setitem__("bbox", [1, 2, 3]),
+        r"annotations\[1\] \(id 2\): bbox must be a list of 4",
+    ),
+    (
+        lambda d: d["annotations"][0].__setitem__("category_id", 99),
+        r"annotations\[0\] \(id 1\): unknown category id 99",
+    ),
+    (lambda d: d["annotations"][2].__setitem__("image_id", 5), r"annotations\[2\] \(id 3\): unknown image_id 5"),
+    (lambda d: d["annotations"][0].__setitem__("iscrowd", 2), r"annotations\[0\] \(id 1\): iscrowd must be 0 or 1"),
     (
         lambda d: d["images"][1].__setitem__("file_name", "missing.png"),
         r"images\[1\]: image file 'missing\.png' not found",
     ),
     (lambda d: d["images"][2].__setitem__("id", 10), r"images\[2\]: duplicate image id 10"),
-    (lambda d: d["images"][0].pop("width"), r"images\[0\]: 'width' and 'height' must be positive"),
+    (lambda d: d["images"][0].pop("width"), r"images\[0\]: width and height must be whole numbers of pixels"),
     (lambda d: d["categories"][1].__setitem__("id", 7), r"categories\[1\]: duplicate category id 7"),
     (lambda d: d["categories"][0].pop("name"), r"categories\[0\]: 'name' must be a non-empty string"),
     (lambda d: d.pop("categories"), r"val\.json: no 'categories' list"),
@@ -119,3 +166,12 @@ def test_load_dataset_picks_by_path(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="not a dataset"):
         load_dataset(tmp_path / "notes.txt")
+
+
+def test_file_name_outside_the_dataset_folder_is_refused_even_when_it_exists(tmp_path: Path) -> None:
+    dataset_folder = tmp_path / "set"
+    (tmp_path / "secret.png").write_bytes(b"outside the dataset")
+    document = _broken(lambda d: d["images"][0].__setitem__("file_name", "../secret.png"))
+    path = _write(dataset_folder, document, images_in="")
+    with pytest.raises(DataError, match=r"images\[0\]: 'file_name' '\.\./secret\.png' has a '\.\.' part"):
+        load_coco(path)

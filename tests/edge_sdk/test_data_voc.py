@@ -102,9 +102,23 @@ CASES = [
     ),
     (
         OBJECT.format(name="spur", difficult=0, box=_box(50, 1, 40, 5)),
-        r"object 1: bndbox has negative width \(xmin 50 > xmax 40\)",
+        r"object 1: bndbox \(xmin 50, ymin 1, xmax 40, ymax 5\) has negative width",
     ),
-    (OBJECT.format(name="spur", difficult=0, box=_box(1, 9, 4, 5)), r"object 1: bndbox has negative height"),
+    (OBJECT.format(name="spur", difficult=0, box=_box(1, 9, 4, 5)), r"object 1: bndbox .* has negative height"),
+    (OBJECT.format(name="spur", difficult=0, box=_box(4, 1, 4, 5)), r"object 1: bndbox .* has zero area"),
+    (
+        OBJECT.format(name="spur", difficult=0, box=_box(1, 1, "1e39", 5)),
+        r"object 1: bndbox \(xmin 1, ymin 1, xmax 1e\+39, ymax 5\) is outside the 64 x 48 image \(right edge at 1e\+39\)",
+    ),
+    (
+        OBJECT.format(name="spur", difficult=0, box=_box(1, "1e308", 4, "1e308")),
+        r"object 1: bndbox .* is outside the 64 x 48 image \(top edge at 1e\+308\)",
+    ),
+    (
+        OBJECT.format(name="spur", difficult=0, box=_box(1, 40, 4, 60)),
+        r"object 1: bndbox .* is outside the 64 x 48 image \(bottom edge at 60\)",
+    ),
+    (OBJECT.format(name="spur", difficult=0, box=_box(1, "inf", 4, 5)), r"object 1: <ymin> is not finite"),
     (OBJECT.format(name="spur", difficult=0, box=_box("a", 1, 4, 5)), r"object 1: <xmin> is not a number \('a'\)"),
     (OBJECT.format(name="spur", difficult=0, box="<xmin>1</xmin>"), r"object 1: <bndbox> has no <ymin>"),
     ("<object><name>spur</name></object>", r"object 1 \(spur\) has no <bndbox>"),
@@ -155,3 +169,24 @@ def test_empty_folder(tmp_path: Path) -> None:
         load_voc(tmp_path)
     with pytest.raises(DataError, match="no COCO .json file or VOC annotations"):
         load_dataset(tmp_path)
+
+
+def test_box_may_touch_the_border(tmp_path: Path) -> None:
+    _voc(tmp_path, {"0003": _xml("0003.jpg", OBJECT.format(name="spur", difficult=0, box=_box(0, 0, 65, 48)))})
+    np.testing.assert_allclose(load_voc(tmp_path).images[0].boxes, [[0, 0, 65, 48]])  # VOC's 1-based pixels
+
+
+@pytest.mark.parametrize("file_name", ["../../../../etc/passwd", "/etc/passwd", "JPEGImages/../../outside.jpg"])
+def test_filename_outside_the_dataset_folder_is_refused(tmp_path: Path, file_name: str) -> None:
+    (tmp_path.parent / "outside.jpg").write_bytes(b"outside the dataset")
+    _voc(tmp_path, {"0003": _xml(file_name, "")})
+    with pytest.raises(DataError, match=r"0003\.xml: <filename> .* image files must be inside the dataset folder"):
+        load_voc(tmp_path)
+
+
+@pytest.mark.parametrize("size", ["inf", "1e39", "70000"])
+def test_impossible_image_size(tmp_path: Path, size: str) -> None:
+    size_xml = "<size><width>{}</width><height>48</height></size>".format(size)
+    _voc(tmp_path, {"0003": _xml("0003.jpg", "", size=size_xml)})
+    with pytest.raises(DataError, match=r"0003\.xml: <size> "):
+        load_voc(tmp_path)
