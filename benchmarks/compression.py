@@ -62,7 +62,7 @@ def fine_tune(recipe_path: Path, workdir: Path, seed: int, teacher: bool, log, q
         document.setdefault("distill", {}).update(weight=0.0, feature_weight=0.0)
     recipe = folder / "recipe.yml"
     recipe.write_text(yaml.safe_dump(document))
-    command = [sys.executable, "-m", "edge_sdk", "compress", str(recipe), "--workdir", str(folder)]
+    command = [sys.executable, "-m", "edge_cli", "compress", str(recipe), "--workdir", str(folder)]
     command += ["--stages", "distill", "--no-progress"]
     if (os.cpu_count() or 1) > 1:
         command += ["--gpus", "cpu:2"]

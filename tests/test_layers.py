@@ -51,7 +51,7 @@ def test_cli_help_works_without_paddle_or_opencv():
     code = (
         "import sys\n"
         "for name in ('paddle', 'paddleslim', 'cv2', 'serial'): sys.modules[name] = None\n"
-        "from edge_sdk.cli import app\n"
+        "from edge_cli import app\n"
         "from typer.testing import CliRunner\n"
         "runner = CliRunner()\n"
         "result = runner.invoke(app, ['--help'])\n"
@@ -82,7 +82,7 @@ def test_zlib_trap_is_real_without_the_guard():
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize("entry", ["edge_sdk", "device", "calibration", "compress", "edge_sdk.cli"])
+@pytest.mark.parametrize("entry", ["edge_sdk", "device", "calibration", "compress", "edge_cli"])
 def test_every_entry_package_imports_zlib_before_paddle(entry):
     result = subprocess.run(
         [sys.executable, "-c", ZLIB_AFTER_PADDLE.format(first=entry)], capture_output=True, timeout=120

@@ -219,7 +219,7 @@ def test_export_bundle_options(tiny_model, tmp_path):
 
 
 def _cli(*args, timeout=240):
-    code = "import sys; from edge_sdk.cli import main; sys.argv = ['edge-sdk'] + sys.argv[1:]; main()"
+    code = "import sys; from edge_cli import main; sys.argv = ['edge-sdk'] + sys.argv[1:]; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
 
 

@@ -184,7 +184,7 @@ def test_cli_stages_error_is_one_line(tmp_path) -> None:
 
     recipe = tmp_path / "tiny.yml"
     recipe.write_text(yaml.safe_dump(TINY))
-    command = [sys.executable, "-m", "edge_sdk", "compress", str(recipe), "--workdir", str(tmp_path / "w")]
+    command = [sys.executable, "-m", "edge_cli", "compress", str(recipe), "--workdir", str(tmp_path / "w")]
     result = subprocess.run(command + ["--stages", "distill,int8"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (

@@ -238,7 +238,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_data: Path, tmp_path: Path
         [
             sys.executable,
             "-m",
-            "edge_sdk",
+            "edge_cli",
             "compress",
             str(recipe_path),
             "--data",

@@ -16,11 +16,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_launch_command_for_gpus() -> None:
-    from edge_sdk.cli.compress import launch_command
+    from edge_cli.compress import launch_command
 
     argv = ["compress", "recipes/demo.yml", "--gpus", "0,1,2,3", "--data", "d", "--resume"]
     command = launch_command("0,1,2,3", argv, python="/usr/bin/python3", log_dir="w/logs")
-    entry = str(REPO / "compress" / "distributed.py")
+    entry = str(REPO / "edge_cli" / "worker.py")
     assert command == [
         "/usr/bin/python3", "-m", "paddle.distributed.launch", "--devices", "0,1,2,3", "--log_dir", "w/logs",
         entry, "compress", "recipes/demo.yml", "--data", "d", "--resume",
@@ -30,7 +30,7 @@ def test_launch_command_for_gpus() -> None:
 
 
 def test_launch_command_for_cpu_processes_omits_devices() -> None:
-    from edge_sdk.cli.compress import launch_command
+    from edge_cli.compress import launch_command
 
     command = launch_command("cpu:2", ["compress", "r.yml", "--gpus", "cpu:2"])
     assert "--devices" not in command
@@ -42,7 +42,7 @@ def test_launch_command_for_cpu_processes_omits_devices() -> None:
 
 def test_gpus_option_rejects_bad_ids(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "edge_sdk", "compress", str(REPO / "recipes" / "demo.yml"), "--gpus", "zero"],
+        [sys.executable, "-m", "edge_cli", "compress", str(REPO / "recipes" / "demo.yml"), "--gpus", "zero"],
         capture_output=True,
         text=True,
         cwd=str(tmp_path),
@@ -110,7 +110,7 @@ def test_prune_and_distill_fine_tune_data_parallel_on_two_cpu_processes(tmp_path
     (tmp_path / "tiny.yml").write_text(yaml.safe_dump(recipe))
     workdir = tmp_path / "work"
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    command = [sys.executable, "-m", "edge_sdk", "compress", "tiny.yml", "--gpus", "cpu:2", "--workdir", "work",
+    command = [sys.executable, "-m", "edge_cli", "compress", "tiny.yml", "--gpus", "cpu:2", "--workdir", "work",
                "--no-progress"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=380, env=env, cwd=str(tmp_path))
     logs = "".join(p.read_text(errors="replace") for p in sorted((workdir / "launch-logs").glob("*")) if p.is_file())

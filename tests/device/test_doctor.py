@@ -103,7 +103,7 @@ def test_cli_json_and_exit_code(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "edge_sdk",
+        "edge_cli",
         "doctor",
         "--root",
         str(root),

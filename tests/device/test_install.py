@@ -40,7 +40,7 @@ GOLDEN_THRESHOLD = 0.05
 
 
 def edge_sdk(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_sdk", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "edge_cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

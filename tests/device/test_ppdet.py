@@ -113,7 +113,7 @@ def test_imported_export_runs_like_the_native_bundle(ppdet_export, tiny_bundle, 
 def test_import_ppdet_command(ppdet_export, tmp_path):
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edge_cli import app
 
     out = tmp_path / "cli.edgebundle"
     result = CliRunner().invoke(app, ["bundle", "import-ppdet", str(ppdet_export), "--out", str(out), "--name", "pcb"])

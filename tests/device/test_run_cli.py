@@ -18,7 +18,7 @@ import pytest
 
 from device.runtime import SystemdNotifier, status_text
 
-EDGE_SDK = [sys.executable, "-m", "edge_sdk"]
+EDGE_SDK = [sys.executable, "-m", "edge_cli"]
 
 
 def write_video(path: Path, frames: int = 10) -> Path:
@@ -198,7 +198,7 @@ def test_user_errors_are_one_line(tiny_bundle, video, args, message):
 def test_bench_prints_both_rates_and_their_ratio(tiny_bundle, video):
     from typer.testing import CliRunner
 
-    from edge_sdk.cli import app
+    from edge_cli import app
 
     result = CliRunner().invoke(
         app, ["bench", "--bundle", str(tiny_bundle), "--source", str(video), "--frames", "10", "--threads", "1"]

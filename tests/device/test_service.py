@@ -55,7 +55,7 @@ def test_install_writes_the_unit_atomically(tmp_path):
 
 def test_cli_print_and_unwritable_folder(tmp_path):
     printed = subprocess.run(
-        [sys.executable, "-m", "edge_sdk", "service", "install", "--print", "--", "--camera", "1"],
+        [sys.executable, "-m", "edge_cli", "service", "install", "--print", "--", "--camera", "1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -64,7 +64,7 @@ def test_cli_print_and_unwritable_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     failed = subprocess.run(
-        [sys.executable, "-m", "edge_sdk", "service", "install", "--unit-dir", str(blocker / "x"), "--no-enable"],
+        [sys.executable, "-m", "edge_cli", "service", "install", "--unit-dir", str(blocker / "x"), "--no-enable"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert failed.returncode != 0

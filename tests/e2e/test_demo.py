@@ -33,7 +33,7 @@ def test_compress_cli_writes_a_measured_bundle(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "edge_sdk",
+            "edge_cli",
             "compress",
             str(recipe),
             "--workdir",
@@ -76,7 +76,7 @@ def test_compress_cli_writes_a_measured_bundle(tmp_path: Path) -> None:
 def test_demo_and_compress_have_help() -> None:
     for command in ("demo", "compress"):
         result = subprocess.run(
-            [sys.executable, "-m", "edge_sdk", command, "--help"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "edge_cli", command, "--help"], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0 and "--workdir" in result.stdout
 
@@ -85,7 +85,7 @@ def test_a_bad_recipe_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     recipe = tmp_path / "bad.yml"
     recipe.write_text("train:\n  epochs: ten\n")
     result = subprocess.run(
-        [sys.executable, "-m", "edge_sdk", "compress", str(recipe), "--workdir", str(tmp_path / "w")],
+        [sys.executable, "-m", "edge_cli", "compress", str(recipe), "--workdir", str(tmp_path / "w")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -42,7 +42,7 @@ def flash(bundle: Path, sshd, *args: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable,
         "-m",
-        "edge_sdk",
+        "edge_cli",
         "flash",
         str(bundle),
         "--identity",
@@ -96,7 +96,7 @@ def test_unknown_host_key_is_refused(tiny_bundle, sshd, tmp_path):
     robot = robot_root(tmp_path / "robot", "7.2")
     empty_known_hosts = tmp_path / "known_hosts"
     empty_known_hosts.write_text("")
-    command = [sys.executable, "-m", "edge_sdk", "flash", str(tiny_bundle), "--to", sshd.target(robot)]
+    command = [sys.executable, "-m", "edge_cli", "flash", str(tiny_bundle), "--to", sshd.target(robot)]
     command += ["--identity", str(sshd.identity), "--known-hosts", str(empty_known_hosts), "--json"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
@@ -106,7 +106,7 @@ def test_unknown_host_key_is_refused(tiny_bundle, sshd, tmp_path):
 
 def test_table_output_and_summary(tiny_bundle, sshd, tmp_path):
     robot = robot_root(tmp_path / "robot", "7.2")
-    command = [sys.executable, "-m", "edge_sdk", "flash", str(tiny_bundle), "--to", sshd.target(robot), "--skip-health"]
+    command = [sys.executable, "-m", "edge_cli", "flash", str(tiny_bundle), "--to", sshd.target(robot), "--skip-health"]
     command += [
         "--identity",
         str(sshd.identity),

@@ -22,7 +22,7 @@ FILES = {"model/model.pdmodel": b"program" * 50, "model/model.pdiparams": b"\x01
 
 def edge_sdk(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     exe = shutil.which("edge-sdk") or str(Path(sys.executable).parent / "edge-sdk")
-    command = [exe] if Path(exe).exists() else [sys.executable, "-m", "edge_sdk"]
+    command = [exe] if Path(exe).exists() else [sys.executable, "-m", "edge_cli"]
     return subprocess.run(command + list(args), cwd=str(cwd), capture_output=True, text=True, timeout=120)
 
 

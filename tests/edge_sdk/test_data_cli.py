@@ -12,7 +12,7 @@ import pytest
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edge_sdk", "data", *args], capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "edge_cli", "data", *args], capture_output=True, text=True, timeout=180
     )
 
 

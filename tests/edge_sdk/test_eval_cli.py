@@ -18,7 +18,7 @@ pytest.importorskip("pycocotools")
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "edge_sdk", "eval", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "edge_cli", "eval", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -10,6 +10,10 @@ from typing import List, Optional
 import typer
 
 INTERRUPTED_EXIT = 130
+WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+"""The script paddle.distributed.launch runs in every process (it runs files, not modules)."""
+DEMO_RECIPE = Path(__file__).resolve().parent / "recipes" / "demo.yml"
+"""The built-in demo recipe, shipped as package data."""
 DEMO_TRAIN_PROCESSES = 2
 """The demo trains data-parallel on this many CPU processes: one dygraph process keeps about one core busy."""
 
@@ -21,7 +25,7 @@ def launch_command(
 
     gpus: "0,1,2,3" (GPU ids) or "cpu:N" (N CPU processes, gloo; `--devices` must then be left out).
     argv: this process's arguments after the program name; `--gpus` and its value are removed.
-    The launcher runs a `.py` file (it has no `-m`), so the entry is compress/distributed.py.
+    The launcher runs a `.py` file (it has no `-m`), so the entry is edge_cli/worker.py.
     """
     gpus = gpus.strip()
     rest: List[str] = []
@@ -36,7 +40,7 @@ def launch_command(
         if arg.startswith("--gpus="):
             continue
         rest.append(arg)
-    entry = str(Path(__file__).resolve().parents[2] / "compress" / "distributed.py")
+    entry = str(WORKER_SCRIPT)
     command = [python or sys.executable, "-m", "paddle.distributed.launch"]
     if gpus.startswith("cpu:"):
         count = gpus[4:]
@@ -177,7 +181,7 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     ) -> None:
         """Synthesize the PCB-defect data and run recipes/demo.yml on the CPU: train (data-parallel over 2 CPU processes when there are 2 cores), prune, distill, INT8, export; prints the per-stage table (about 18 minutes on 2 cores)."""
-        recipe = Path(__file__).resolve().parents[2] / "recipes" / "demo.yml"
+        recipe = DEMO_RECIPE
         if not recipe.is_file():
             from edge_sdk.errors import RecipeError
 

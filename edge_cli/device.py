@@ -155,7 +155,7 @@ def import_ppdet_command(
 
 def register(app: typer.Typer) -> None:
     """Add `run` and `bench` to the root app and `import-ppdet` to the `bundle` group."""
-    from edge_sdk.cli.bundle import bundle_app
+    from edge_cli.bundle import bundle_app
 
     app.command("run")(run_command)
     app.command("bench")(bench_command)

@@ -1,6 +1,6 @@
 """The `edge-sdk` command line.
 
-Each area registers its commands from its own module (`edge_sdk/cli/<area>.py`, a `register(app)`
+Each area registers its commands from its own module (`edge_cli/<area>.py`, a `register(app)`
 function). Those modules import only typer at module level and import the work inside each
 command, so `edge-sdk --help` is fast and works on a robot without paddleslim.
 """
@@ -40,7 +40,7 @@ def _root(
 
 
 def _register_all() -> None:
-    from edge_sdk.cli import areas
+    from edge_cli import areas
 
     for register in areas.REGISTRARS:
         register(app)

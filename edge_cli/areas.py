@@ -1,6 +1,6 @@
 """The command modules; each owns one area of the CLI and adds its commands in `register(app)`."""
 
-from edge_sdk.cli import bundle, compress, data, device, evaluate, export, fleet, robot
+from edge_cli import bundle, compress, data, device, evaluate, export, fleet, robot
 
 REGISTRARS = [
     data.register,

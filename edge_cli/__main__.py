@@ -1,0 +1,3 @@
+from edge_cli import main
+
+main()

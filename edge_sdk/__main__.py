@@ -1,3 +1,0 @@
-from edge_sdk.cli import main
-
-main()
