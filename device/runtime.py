@@ -152,6 +152,8 @@ class RunOptions:
     height: Optional[int] = None
     fps: Optional[float] = None
     loop: bool = False
+    realtime: bool = False
+    open_timeout: Optional[float] = None
     engine_cache: Optional[str] = None
     trusted_keys: Optional[str] = None
 
@@ -244,7 +246,7 @@ def run(
 ) -> Dict[str, Any]:
     """Run until the source ends, --max-frames, or SIGINT/SIGTERM; returns the final pipeline stats."""
     from device.pipeline import Detector, Pipeline
-    from device.sources import check_source, open_source
+    from device.sources import check_source
     from device.telemetry import Telemetry
 
     notifier = SystemdNotifier()
@@ -256,7 +258,7 @@ def run(
         if pipeline_box:
             pipeline_box[0].stop()
 
-    check_source(options.source)  # a missing camera fails now, not after a minutes-long engine build
+    spec = check_source(options.source)  # a missing camera fails now, not after a minutes-long engine build
     sinks: List[Any] = []
     source = None
     detector = None
@@ -290,9 +292,7 @@ def run(
             log("predictor: {}".format(detector.plan.describe()))
             if stop_requested.is_set():
                 return {"frames": 0}
-            source = open_source(
-                options.source, width=options.width, height=options.height, fps=options.fps, loop=options.loop
-            )
+            source = _open_run_source(spec, options, notifier, log)
             sinks = _open_sinks(options, bundle.manifest.classes)
             telemetry = Telemetry().start()
             pipeline = Pipeline(source, detector, sinks, score_threshold=options.score_threshold, telemetry=telemetry)
@@ -318,6 +318,32 @@ def run(
             notifier.close()
             if errors and sys.exc_info()[0] is None:
                 raise errors[0]
+
+
+def _open_run_source(spec: Any, options: RunOptions, notifier: SystemdNotifier, log: Callable[[str], None]) -> Any:
+    """Open the run's source, saying so first (a network stream may take up to open_timeout s)."""
+    from device.sources import STREAM_OPEN_TIMEOUT_S, open_source
+
+    open_timeout = options.open_timeout or STREAM_OPEN_TIMEOUT_S
+    if spec.kind == "stream":
+        message = "opening {} (gives up after {:g} s)".format(spec.uri, open_timeout)
+    elif spec.live:
+        message = "opening {} {}".format(spec.kind, spec.uri)
+    else:
+        message = "opening {} {}: {}".format(
+            spec.kind, spec.uri, "paced like a camera (--realtime)" if options.realtime else "every frame"
+        )
+    log(message)
+    notifier.notify(STATUS=message)
+    return open_source(
+        spec,
+        width=options.width,
+        height=options.height,
+        fps=options.fps,
+        loop=options.loop,
+        realtime=options.realtime,
+        open_timeout=open_timeout,
+    )
 
 
 def _drive(

@@ -4,10 +4,17 @@ URIs: ``0`` / ``"0"`` (camera index), ``/dev/video0`` (V4L2), ``csi://0`` (Jetso
 GStreamer), ``rtsp://...`` (network stream), a video file, a folder of images, ``demo`` (a synthetic
 PCB on a conveyor).
 
-A reader thread keeps only the newest frame in a one-frame slot: a slow consumer never builds a
-backlog, and every frame captured but never consumed is counted in ``dropped``. A live source
-that fails is reopened with capped exponential back-off; a stream that stops delivering frames
-shows as ``stale`` in `Source.stats`. Files and folders either loop or end (``ended``).
+`parse_source` reads a URI once into a `SourceSpec`; the spec says whether the source is live.
+One reader thread per source fills a one-frame slot, in one of two modes:
+- live (cameras, CSI, RTSP/HTTP streams, and files or folders opened with ``realtime=True``): the
+  device sets the pace and the slot keeps only the newest frame, so a slow consumer never builds a
+  backlog; every frame captured but never consumed is counted in ``dropped``.
+- pulled (files, folders and the demo by default): the next frame is decoded only when the consumer
+  asks for it, so every frame is delivered and ``dropped`` stays 0.
+Frames of a file or folder carry their position in it as ``frame_id`` (a folder's image also its
+file name as ``source_name``). A live source that fails is reopened with capped exponential
+back-off; a stream that stops delivering frames shows as ``stale`` in `Source.stats`. Files and
+folders either loop or end (``ended``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -28,6 +36,7 @@ from edge_sdk.errors import SourceError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".h264", ".h265")
 APPSINK = "appsink drop=1 max-buffers=1"
+STREAM_OPEN_TIMEOUT_S = 10.0  # a network stream that does not answer within this is an error
 
 
 def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
@@ -40,10 +49,13 @@ def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, fps: 
     ).format(sid=int(sensor_id), w=int(width), h=int(height), fps=int(fps), flip=int(flip), sink=APPSINK)
 
 
-def rtsp_pipeline(uri: str, latency_ms: int = 200, hardware_decoder: bool = True) -> str:
+def rtsp_pipeline(
+    uri: str, latency_ms: int = 200, hardware_decoder: bool = True, tcp_timeout_s: float = STREAM_OPEN_TIMEOUT_S
+) -> str:
     """GStreamer pipeline for an RTSP stream ending in a BGR appsink.
 
     hardware_decoder: Jetson's nvv4l2decoder (H.264/H.265 via parsebin) instead of decodebin.
+    tcp_timeout_s: how long rtspsrc waits for the server to answer.
     """
     if hardware_decoder:
         decode = (
@@ -51,8 +63,8 @@ def rtsp_pipeline(uri: str, latency_ms: int = 200, hardware_decoder: bool = True
         )
     else:
         decode = "decodebin ! videoconvert"
-    return "rtspsrc location={} latency={} ! {} ! video/x-raw, format=(string)BGR ! {}".format(
-        uri, int(latency_ms), decode, APPSINK
+    return "rtspsrc location={} latency={} tcp-timeout={} ! {} ! video/x-raw, format=(string)BGR ! {}".format(
+        uri, int(latency_ms), int(tcp_timeout_s * 1e6), decode, APPSINK
     )
 
 
@@ -74,7 +86,12 @@ def opencv_has_gstreamer() -> bool:
 
 
 class _Capture:
-    """One opened backend. read() -> (status, image); status is "ok", "end" (clean end) or "error"."""
+    """One opened backend. read() -> (status, image); status is "ok", "end" (clean end), "error", or
+    "skip" (an unreadable item a folder steps over). After a read, `position` is the index of the item
+    just read in the file or folder (None for live devices) and `name` its file name (or None)."""
+
+    position: Optional[int] = None
+    name: Optional[str] = None
 
     def read(self) -> Tuple[str, Optional[np.ndarray]]:
         raise NotImplementedError
@@ -91,10 +108,14 @@ class _OpenCvCapture(_Capture):
     def __init__(self, capture: Any, is_file: bool) -> None:
         self.capture = capture
         self.is_file = is_file
+        self._frames_read = 0
 
     def read(self) -> Tuple[str, Optional[np.ndarray]]:
         ok, image = self.capture.read()
         if ok and image is not None:
+            if self.is_file:
+                self.position = self._frames_read
+                self._frames_read += 1
             if image.ndim == 2:
                 import cv2
 
@@ -127,6 +148,7 @@ class _FolderCapture(_Capture):
         if self.index >= len(self.files):
             return "end", None
         path = self.files[self.index]
+        self.position, self.name = self.index, path.name
         self.index += 1
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
@@ -161,11 +183,21 @@ class _DemoCapture(_Capture):
 
 
 def _open_opencv(target: Union[int, str], api: Optional[int], is_file: bool, settings: Dict[str, Any]) -> _Capture:
+    """settings: width, height, fps, fourcc (camera mode), open_timeout (s, network streams)."""
     import cv2
 
-    capture = cv2.VideoCapture(target, api) if api is not None else cv2.VideoCapture(target)
+    open_timeout = settings.get("open_timeout")
+    started = time.monotonic()
+    if open_timeout:
+        milliseconds = int(open_timeout * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, milliseconds, cv2.CAP_PROP_READ_TIMEOUT_MSEC, milliseconds]
+        capture = cv2.VideoCapture(target, api if api is not None else cv2.CAP_ANY, params)
+    else:
+        capture = cv2.VideoCapture(target, api) if api is not None else cv2.VideoCapture(target)
     if not capture.isOpened():
         capture.release()
+        if open_timeout and time.monotonic() - started >= 0.9 * open_timeout:
+            raise SourceError("no answer: timed out after {:g} s".format(open_timeout))
         raise SourceError("could not open {}".format(target))
     fourcc = settings.get("fourcc")
     if fourcc:
@@ -187,8 +219,9 @@ class Source:
     opener: returns a freshly opened `_Capture` or raises SourceError.
     live: a camera or stream (errors and ends trigger reconnection, frames paced by the device);
     otherwise a file/folder (ends, or loops when `loop`).
-    realtime: for files, pace frames at `fps` like a camera (dropping what the consumer misses);
-    when False every frame is delivered, each decoded when the consumer asks for it.
+    realtime: for files, pace frames at `fps` like a camera (newest frame only, dropping what the
+    consumer misses); when False the source is pulled: each frame is decoded when the consumer asks
+    for it, and every frame is delivered.
     backoff: (first, cap) seconds between reconnection attempts, doubling.
     stale_after: seconds without a new frame before the state becomes "stale".
     """
@@ -208,6 +241,7 @@ class Source:
         self.live = live
         self.loop = loop
         self.realtime = realtime
+        self.pulled = not live and not realtime
         self.backoff = backoff
         self.stale_after = stale_after
         self._opener = opener
@@ -216,6 +250,7 @@ class Source:
         self._slot_consumed = True
         self._waiting = 0
         self._next_id = 0
+        self._id_base = 0  # frame_id of position 0 in the current pass over a file or folder
         self._captured = 0
         self._dropped = 0
         self._reconnects = 0
@@ -309,14 +344,18 @@ class Source:
             except Exception:  # a vanished device may fail to release; nothing more to do
                 pass
 
-    def _publish(self, image: np.ndarray) -> None:
+    def _publish(self, image: np.ndarray, position: Optional[int], name: Optional[str]) -> None:
+        """Put a frame in the slot; position: its index in the file or folder (None: live, count on)."""
         now = time.monotonic()
         with self._lock:
             if not self._slot_consumed:
                 self._dropped += 1
-            self._slot = Frame(image=image, frame_id=self._next_id, timestamp=now, source_id=self.source_id)
+            frame_id = self._next_id if position is None else self._id_base + position
+            self._slot = Frame(
+                image=image, frame_id=frame_id, timestamp=now, source_id=self.source_id, source_name=name or ""
+            )
             self._slot_consumed = False
-            self._next_id += 1
+            self._next_id = frame_id + 1
             self._captured += 1
             self._last_capture = now
             self._capture_times.append(now)
@@ -325,7 +364,7 @@ class Source:
             self._lock.notify_all()
 
     def _wait_for_demand(self) -> None:
-        """Unpaced files: decode the next frame only when a reader waits for it, so it is fresh."""
+        """Pulled sources: decode the next frame only once the last one was taken and a reader waits."""
         with self._lock:
             while (not self._slot_consumed or self._waiting == 0) and not self._closing.is_set():
                 self._lock.wait(0.1)
@@ -351,6 +390,8 @@ class Source:
                 return False
             try:
                 self._capture = self._opener()
+                with self._lock:
+                    self._id_base = self._next_id  # a reopened file or folder starts over: ids go on
                 self._set_state("ok")
                 return True
             except SourceError as exc:
@@ -364,7 +405,7 @@ class Source:
         next_due = time.monotonic()
         frames_since_open = 0
         while not self._closing.is_set():
-            if not self.realtime and not self.live:
+            if self.pulled:
                 self._wait_for_demand()
                 if self._closing.is_set():
                     break
@@ -376,7 +417,7 @@ class Source:
                 self._last_error = "{}: {}".format(type(exc).__name__, exc)
             if status == "ok":
                 frames_since_open += 1
-                self._publish(image)  # type: ignore[arg-type]
+                self._publish(image, capture.position, capture.name)  # type: ignore[arg-type,union-attr]
                 if self.realtime and not self.live and period:
                     next_due = max(next_due + period, time.monotonic() - period)
                     self._closing.wait(max(0.0, next_due - time.monotonic()))
@@ -393,6 +434,8 @@ class Source:
                 # loop: reopen the file (a file that vanished meanwhile is retried with back-off)
                 frames_since_open = 0
                 self._release()
+                with self._lock:
+                    self._id_base = self._next_id
                 try:
                     self._capture = self._opener()
                     continue
@@ -405,28 +448,54 @@ class Source:
         self._release()
 
 
-def _parse_uri(uri: Union[int, str]) -> Tuple[str, Any]:
+LIVE_KINDS = ("camera", "v4l2", "csi", "stream")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source URI parsed once.
+
+    kind: "camera" (target: int index), "v4l2" (device path), "csi" (int sensor id), "stream" (URL),
+    "file" (Path of a video), "folder" (Path of images) or "demo" (target None).
+    live: the device sets the pace (cameras, CSI, streams): read newest-frame-only. Files, folders
+    and the demo are pulled, every frame delivered, unless opened with realtime=True.
+    """
+
+    uri: str
+    kind: str
+    target: Any = None
+
+    @property
+    def live(self) -> bool:
+        return self.kind in LIVE_KINDS
+
+
+def parse_source(uri: Union[int, str, SourceSpec]) -> SourceSpec:
+    """The `SourceSpec` of a URI (a spec is returned as is); SourceError with one line when the URI
+    is none of the forms this module knows, or names a video file that does not exist."""
+    if isinstance(uri, SourceSpec):
+        return uri
     if isinstance(uri, int):
-        return "camera", uri
+        return SourceSpec(str(uri), "camera", uri)
     text = str(uri).strip()
     if text.isdigit():
-        return "camera", int(text)
+        return SourceSpec(text, "camera", int(text))
     if text == "demo":
-        return "demo", None
+        return SourceSpec(text, "demo")
     if text.startswith("/dev/video"):
-        return "v4l2", text
+        return SourceSpec(text, "v4l2", text)
     if text.startswith("csi://"):
         sensor = text[len("csi://") :]
         if not sensor.isdigit():
             raise SourceError("csi:// needs a sensor id, like csi://0, got {}".format(text))
-        return "csi", int(sensor)
+        return SourceSpec(text, "csi", int(sensor))
     if text.startswith(("rtsp://", "rtsps://", "http://", "https://")):
-        return "stream", text
+        return SourceSpec(text, "stream", text)
     path = Path(text).expanduser()
     if path.is_dir():
-        return "folder", path
+        return SourceSpec(text, "folder", path)
     if path.is_file():
-        return "file", path
+        return SourceSpec(text, "file", path)
     if path.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
         raise SourceError("video file {} does not exist".format(path))
     raise SourceError(
@@ -435,41 +504,44 @@ def _parse_uri(uri: Union[int, str]) -> Tuple[str, Any]:
     )
 
 
-def check_source(uri: Union[int, str]) -> str:
+def check_source(uri: Union[int, str, SourceSpec]) -> SourceSpec:
     """Cheap checks before anything heavy is built: the URI's form, that a file, folder or V4L2
-    device exists. Returns the kind ("camera", "v4l2", "csi", "stream", "file", "folder", "demo");
-    raises SourceError with one line otherwise."""
-    kind, target = _parse_uri(uri)
-    if kind in ("camera", "v4l2"):
-        device_path = target if kind == "v4l2" else "/dev/video{}".format(target)
+    device exists. Returns the parsed `SourceSpec`; raises SourceError with one line otherwise."""
+    spec = parse_source(uri)
+    if spec.kind in ("camera", "v4l2"):
+        device_path = spec.target if spec.kind == "v4l2" else "/dev/video{}".format(spec.target)
         if sys.platform.startswith("linux") and not os.path.exists(device_path):
             raise SourceError(
                 "camera {} does not exist: no {} (is it plugged in? see `v4l2-ctl --list-devices`)".format(
-                    target, device_path
+                    spec.target, device_path
                 )
             )
-    return kind
+    return spec
 
 
 def open_source(
-    uri: Union[int, str],
+    uri: Union[int, str, SourceSpec],
     width: Optional[int] = None,
     height: Optional[int] = None,
     fps: Optional[float] = None,
     fourcc: Optional[str] = None,
     loop: bool = False,
-    realtime: bool = True,
+    realtime: bool = False,
     backoff: Tuple[float, float] = (0.5, 8.0),
     stale_after: float = 2.0,
     flip: int = 0,
+    open_timeout: float = STREAM_OPEN_TIMEOUT_S,
 ) -> Source:
-    """Open the source named by `uri` and start its reader thread.
+    """Open the source named by `uri` (a URI or a `SourceSpec`) and start its reader thread.
 
-    width/height/fps/fourcc: requested camera mode (V4L2/CSI; fourcc like "MJPG"); fps also paces
-    files. loop: restart files/folders at their end. realtime: pace files like a camera (False:
-    deliver every frame as fast as the consumer takes them). Raises SourceError when it cannot open.
+    width/height/fps/fourcc: requested camera mode (V4L2/CSI; fourcc like "MJPG"); with realtime, fps
+    also paces files. loop: restart files/folders at their end. realtime: pace files, folders and the
+    demo like a camera, newest frame only (default False: every frame, as fast as the consumer takes
+    them). open_timeout: seconds a network stream may take to open (and to deliver a frame) before
+    SourceError "timed out after N s". Raises SourceError when it cannot open.
     """
-    kind, target = _parse_uri(uri)
+    spec = check_source(uri)
+    kind, target = spec.kind, spec.target
     settings = {"width": width, "height": height, "fps": fps, "fourcc": fourcc}
     common = {"backoff": backoff, "stale_after": stale_after}
 
@@ -482,7 +554,6 @@ def open_source(
 
         return opener
 
-    check_source(uri)
     if kind in ("camera", "v4l2"):
         import cv2
 
@@ -506,11 +577,12 @@ def open_source(
     if kind == "stream":
         import cv2
 
+        timeouts = {"open_timeout": open_timeout}
         if target.startswith("rtsp") and opencv_has_gstreamer():
-            pipeline = rtsp_pipeline(target)
-            opener = must_open(lambda: _open_opencv(pipeline, cv2.CAP_GSTREAMER, False, {}), target)
+            pipeline = rtsp_pipeline(target, tcp_timeout_s=open_timeout)
+            opener = must_open(lambda: _open_opencv(pipeline, cv2.CAP_GSTREAMER, False, timeouts), target)
         else:
-            opener = must_open(lambda: _open_opencv(target, cv2.CAP_FFMPEG, False, {}), target)
+            opener = must_open(lambda: _open_opencv(target, cv2.CAP_FFMPEG, False, timeouts), target)
         return Source(opener, target, live=True, fps=fps, **common)
     if kind == "file":
         path = target

@@ -13,15 +13,18 @@ class Frame:
     """One captured image.
 
     image: (H, W, 3) uint8, BGR (OpenCV's order).
-    frame_id: increasing per source, starting at 0; gaps mean dropped frames.
+    frame_id: increasing per source, starting at 0; gaps mean dropped frames. For a video file or a
+        folder, the frame's position in it (a looping source counts on across passes).
     timestamp: capture time in seconds on `time.monotonic()`'s clock.
     source_id: the URI or name of the source that produced it.
+    source_name: the image's file name when the source is a folder of images, else "".
     """
 
     image: np.ndarray
     frame_id: int
     timestamp: float
     source_id: str = ""
+    source_name: str = ""
 
     def __post_init__(self) -> None:
         img = self.image

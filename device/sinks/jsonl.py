@@ -1,7 +1,8 @@
 """One JSON object per line: every frame's detections and the pipeline's statistics.
 
-Frame lines:  {"event": "frame", "frame_id", "timestamp", "source_id", "width", "height",
+Frame lines:  {"event": "frame", "frame_id", "timestamp", "source_id", "source_name", "width", "height",
                "detections": [{"class_id", "class", "score", "box": [x1, y1, x2, y2]}], "stats": {...}}
+              source_name: the image's file name when the source is a folder, else null.
 Status lines: {"event": "status", "timestamp", "state", "message"}
 
 Lines are written by a background thread through a bounded queue (a stalled reader of stdout or a
@@ -85,6 +86,7 @@ class JsonlSink:
             "frame_id": int(detections.frame_id),
             "timestamp": float(detections.timestamp),
             "source_id": frame.source_id,
+            "source_name": frame.source_name or None,
             "width": frame.width,
             "height": frame.height,
             "detections": detections_to_json(detections, self.classes),

@@ -65,6 +65,56 @@ def test_run_on_a_video_writes_json_lines(tiny_bundle, video):
     assert "Traceback" not in result.stderr
 
 
+def frame_lines(path: Path) -> list:
+    return [line for line in map(json.loads, path.read_text().splitlines()) if line["event"] == "frame"]
+
+
+def test_a_folder_run_writes_one_line_per_image_named_in_order(tiny_bundle, tmp_path):
+    folder = tmp_path / "boards"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(60):
+        cv2.imwrite(str(folder / "{:04d}.jpg".format(i)), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    output = tmp_path / "out.jsonl"
+    result = edge_sdk(
+        "run", "--source", str(folder), "--bundle", str(tiny_bundle), "--jsonl", str(output), "--threads", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    frames = frame_lines(output)
+    assert [f["source_name"] for f in frames] == ["{:04d}.jpg".format(i) for i in range(60)]
+    assert [f["frame_id"] for f in frames] == list(range(60))
+    assert frames[-1]["stats"]["dropped_frames"] == 0
+    assert "dropped 0 " in result.stderr and "frames 60" in result.stderr
+
+
+def test_a_video_run_processes_every_frame_up_to_max_frames(tiny_bundle, tmp_path):
+    video = tmp_path / "inspection.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 500, (128, 96))  # faster than inference
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        writer.write(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    writer.release()
+    output = tmp_path / "out.jsonl"
+    result = edge_sdk(
+        "run",
+        "--source",
+        str(video),
+        "--max-frames",
+        "60",
+        "--bundle",
+        str(tiny_bundle),
+        "--jsonl",
+        str(output),
+        "--threads",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    frames = frame_lines(output)
+    assert [f["frame_id"] for f in frames] == list(range(60))
+    assert all(f["source_name"] is None for f in frames)
+    assert frames[-1]["stats"]["dropped_frames"] == 0
+
+
 def _read_datagrams(server: socket.socket, until: str, timeout: float) -> list:
     messages = []
     deadline = time.monotonic() + timeout
@@ -235,7 +285,7 @@ def test_watchdog_pings_stop_while_frames_do_not_flow(tiny_bundle, video, tmp_pa
     monkeypatch.setenv("WATCHDOG_USEC", "300000")  # a ping every 0.1 s while frames flow
     try:
         stats = run(
-            RunOptions(source=str(video), bundle=str(tiny_bundle), fps=0.25, max_frames=2, threads=1),
+            RunOptions(source=str(video), bundle=str(tiny_bundle), fps=0.25, realtime=True, max_frames=2, threads=1),
             log=lambda m: None,
         )
     finally:

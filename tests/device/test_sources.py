@@ -1,9 +1,12 @@
-"""device.sources with real files standing in for cameras: newest-frame slot, drops, loop, end,
-reconnection with back-off, stale streams, and the pure GStreamer pipeline builders."""
+"""device.sources with real files standing in for cameras (realtime=True): newest-frame slot, drops,
+loop, end, reconnection with back-off, stale streams; files and folders pulled frame by frame by
+default; a stream that never answers; and the pure GStreamer pipeline builders."""
 
 from __future__ import annotations
 
 import itertools
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from device.sources import backoff_schedule, csi_pipeline, open_source, rtsp_pipeline
+from device.sources import backoff_schedule, csi_pipeline, open_source, parse_source, rtsp_pipeline
 from edge_sdk.errors import SourceError
 
 WIDTH, HEIGHT = 64, 48
@@ -63,7 +66,7 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
 
 def test_video_file_as_camera_keeps_only_the_newest_frame(tmp_path):
     video = write_video(tmp_path / "cam.avi", 20)
-    with open_source(str(video), fps=100) as source:
+    with open_source(str(video), fps=100, realtime=True) as source:
         seen = []
         while True:
             frame = source.read(2.0)
@@ -92,6 +95,74 @@ def test_unpaced_file_delivers_every_frame_then_ends(tmp_path):
         assert source.read(0.2) is None and source.ended
         stats = source.stats()
         assert stats["state"] == "ended" and stats["dropped"] == 0 and stats["captured"] == 12
+
+
+def test_files_and_folders_deliver_every_frame_to_a_slow_consumer_by_default(tmp_path):
+    video = write_video(tmp_path / "inspection.avi", 20, fps=200.0)
+    folder = write_folder(tmp_path / "boards", 20)
+    for uri in (video, folder):
+        with open_source(str(uri)) as source:
+            frames = []
+            while True:
+                frame = source.read(5.0)
+                if frame is None:
+                    break
+                frames.append(frame)
+                time.sleep(0.02)  # a consumer slower than the file's own frame rate
+            stats = source.stats()
+        assert [f.frame_id for f in frames] == list(range(20)), uri
+        assert [index_of(f.image) for f in frames] == list(range(20))
+        assert stats["dropped"] == 0 and stats["captured"] == 20
+
+
+def test_folder_frames_carry_their_position_and_file_name(tmp_path):
+    folder = write_folder(tmp_path / "boards", 5)
+    (folder / "002.png").write_bytes(b"a damaged image")
+    with open_source(str(folder)) as source:
+        frames = drain(source)
+    assert [(f.frame_id, f.source_name) for f in frames] == [
+        (0, "000.png"),
+        (1, "001.png"),
+        (3, "003.png"),
+        (4, "004.png"),
+    ]
+    assert [index_of(f.image) for f in frames] == [0, 1, 3, 4]
+
+
+def test_the_uri_is_parsed_once_into_a_spec(tmp_path):
+    folder = write_folder(tmp_path / "boards", 2)
+    spec = parse_source(str(folder))
+    assert (spec.kind, spec.target, spec.live) == ("folder", folder, False)
+    assert parse_source("rtsp://cam/stream").live and parse_source(3).kind == "camera"
+    folder.rename(tmp_path / "moved")  # the spec is used as parsed, not parsed again
+    with pytest.raises(SourceError, match="image folder .* is missing"):
+        open_source(spec)
+
+
+def test_a_stream_that_never_answers_times_out_with_a_clear_message():
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+
+    def accept_and_stay_silent():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    uri = "rtsp://127.0.0.1:{}/camera".format(server.getsockname()[1])
+    try:
+        with pytest.raises(SourceError) as info:
+            open_source(uri, open_timeout=1.0)
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+    assert str(info.value) == "{}: no answer: timed out after 1 s".format(uri)
+    assert accepted  # the server was reached: it accepted and never answered
 
 
 def test_loop_restarts_the_file(tmp_path):
@@ -140,7 +211,7 @@ def test_backoff_doubles_up_to_the_cap():
 def test_lost_folder_is_reconnected_with_backoff(tmp_path):
     folder = write_folder(tmp_path / "cam", 3)
     away = tmp_path / "unplugged"
-    with open_source(str(folder), loop=True, fps=50, backoff=(0.02, 0.1)) as source:
+    with open_source(str(folder), loop=True, fps=50, realtime=True, backoff=(0.02, 0.1)) as source:
         assert source.read(5.0) is not None
         folder.rename(away)
         assert wait_for(lambda: source.stats()["reconnects"] >= 3)
@@ -159,7 +230,7 @@ def test_lost_folder_is_reconnected_with_backoff(tmp_path):
 def test_looping_video_that_vanishes_comes_back(tmp_path):
     video = write_video(tmp_path / "cam.avi", 3)
     moved = tmp_path / "moved.avi"
-    with open_source(str(video), loop=True, fps=60, backoff=(0.02, 0.05)) as source:
+    with open_source(str(video), loop=True, fps=60, realtime=True, backoff=(0.02, 0.05)) as source:
         assert source.read(5.0) is not None
         video.rename(moved)
         assert wait_for(lambda: source.stats()["state"] == "reconnecting")
@@ -171,7 +242,7 @@ def test_looping_video_that_vanishes_comes_back(tmp_path):
 
 def test_frozen_stream_shows_as_stale(tmp_path):
     video = write_video(tmp_path / "slow.avi", 3)
-    with open_source(str(video), fps=0.5, stale_after=0.2) as source:  # one frame every 2 s
+    with open_source(str(video), fps=0.5, realtime=True, stale_after=0.2) as source:  # one frame every 2 s
         assert source.read(5.0) is not None
         assert wait_for(lambda: source.stats()["state"] == "stale", timeout=1.5)
         assert source.stats()["last_frame_age_s"] > 0.2
@@ -197,7 +268,7 @@ def test_csi_pipeline_string():
 
 def test_rtsp_pipeline_string():
     hw = rtsp_pipeline("rtsp://10.0.0.2:8554/cam", latency_ms=100)
-    assert hw.startswith("rtspsrc location=rtsp://10.0.0.2:8554/cam latency=100 ! ")
+    assert hw.startswith("rtspsrc location=rtsp://10.0.0.2:8554/cam latency=100 tcp-timeout=10000000 ! ")
     assert "nvv4l2decoder" in hw and hw.endswith("appsink drop=1 max-buffers=1")
     sw = rtsp_pipeline("rtsp://cam/stream", hardware_decoder=False)
     assert "decodebin" in sw and "nvv4l2decoder" not in sw
@@ -207,7 +278,7 @@ def test_looping_folder_of_unreadable_images_backs_off_instead_of_spinning(tmp_p
     folder = tmp_path / "broken"
     folder.mkdir()
     (folder / "0.png").write_bytes(b"not a png")
-    with open_source(str(folder), loop=True, backoff=(0.02, 0.05)) as source:
+    with open_source(str(folder), loop=True, realtime=True, backoff=(0.02, 0.05)) as source:
         assert wait_for(lambda: source.stats()["reconnects"] >= 2)
         stats = source.stats()
         assert stats["state"] == "reconnecting" and "no readable frame" in stats["last_error"]
