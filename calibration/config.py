@@ -1,19 +1,16 @@
 """The recipe's `int8` section: how the calibration set is chosen, how PTQ runs and the accuracy budget.
 
-A frozen dataclass whose field metadata (minimum, maximum, choices) is what `compress.recipe`'s
-generic validator reads, so `Recipe` can hold it as a field without a second validator.
+A frozen dataclass whose field constraints (`edge_sdk.schema.checked`) are what the recipe's
+validator reads, so `Recipe` can hold it as a field without a second validator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from edge_sdk.schema import checked
 
 PTQ_ALGOS = ("KL", "hist", "avg", "mse", "abs_max")
-
-
-def _f(default: Any, **meta: Any) -> Any:
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -28,14 +25,14 @@ class Int8Section:
     measured on. fallback: what to do when PTQ stays over budget: "fail" or "qat" (see compress.qat).
     """
 
-    calibration_images: int = _f(64, minimum=1)
-    seed: int = _f(0, minimum=0)
-    brightness_bins: int = _f(4, minimum=1)
-    size_bins: int = _f(4, minimum=1)
-    algo: str = _f("KL", choices=PTQ_ALGOS)
-    batch_size: int = _f(8, minimum=1)
-    budget_map50: float = _f(1.0, minimum=0.0, maximum=100.0)
-    max_retries: int = _f(3, minimum=0)
-    layers_per_retry: int = _f(2, minimum=1)
-    sensitivity_images: int = _f(16, minimum=1)
-    fallback: str = _f("fail", choices=("fail", "qat"))
+    calibration_images: int = checked(64, minimum=1)
+    seed: int = checked(0, minimum=0)
+    brightness_bins: int = checked(4, minimum=1)
+    size_bins: int = checked(4, minimum=1)
+    algo: str = checked("KL", choices=PTQ_ALGOS)
+    batch_size: int = checked(8, minimum=1)
+    budget_map50: float = checked(1.0, minimum=0.0, maximum=100.0)
+    max_retries: int = checked(3, minimum=0)
+    layers_per_retry: int = checked(2, minimum=1)
+    sensitivity_images: int = checked(16, minimum=1)
+    fallback: str = checked("fail", choices=("fail", "qat"))

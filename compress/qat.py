@@ -14,7 +14,7 @@ import copy
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -24,13 +24,10 @@ import paddle.nn as nn
 from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import DataError
 from edge_sdk.manifest import Postprocess
+from edge_sdk.schema import checked
 
 WEIGHT_QUANTIZE_TYPES = ("channel_wise_abs_max", "abs_max")
 ACTIVATION_QUANTIZE_TYPES = ("moving_average_abs_max", "range_abs_max", "abs_max")
-
-
-def _f(default: Any, **meta: Any) -> Any:
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -38,15 +35,15 @@ class QATSection:
     """The recipe's `qat` section. epochs: fine-tuning epochs; lr: constant after `warmup_steps` linear
     steps (a fraction of the training lr: the model is already trained); batch_size: images per step."""
 
-    epochs: int = _f(3, minimum=1)
-    lr: float = _f(0.0001, minimum=0.0)
-    warmup_steps: int = _f(20, minimum=0)
-    batch_size: int = _f(8, minimum=1)
-    momentum: float = _f(0.9, minimum=0.0, maximum=1.0)
-    weight_decay: float = _f(0.0005, minimum=0.0)
-    weight_quantize_type: str = _f("channel_wise_abs_max", choices=WEIGHT_QUANTIZE_TYPES)
-    activation_quantize_type: str = _f("moving_average_abs_max", choices=ACTIVATION_QUANTIZE_TYPES)
-    max_boxes: int = _f(50, minimum=1)
+    epochs: int = checked(3, minimum=1)
+    lr: float = checked(0.0001, minimum=0.0)
+    warmup_steps: int = checked(20, minimum=0)
+    batch_size: int = checked(8, minimum=1)
+    momentum: float = checked(0.9, minimum=0.0, maximum=1.0)
+    weight_decay: float = checked(0.0005, minimum=0.0)
+    weight_quantize_type: str = checked("channel_wise_abs_max", choices=WEIGHT_QUANTIZE_TYPES)
+    activation_quantize_type: str = checked("moving_average_abs_max", choices=ACTIVATION_QUANTIZE_TYPES)
+    max_boxes: int = checked(50, minimum=1)
     seed: int = 0
 
 
