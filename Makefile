@@ -26,7 +26,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/vermin --target=3.8- --no-tips --violations edge_sdk device calibration
+	$(BIN)/vermin --target=3.8- --no-tips --violations edge_cli edge_sdk device calibration
 	$(BIN)/hadolint jetson.Dockerfile
 
 clean:

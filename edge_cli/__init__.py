@@ -1,8 +1,10 @@
 """The `edge-sdk` command line.
 
-Each area registers its commands from its own module (`edge_cli/<area>.py`, a `register(app)`
-function). Those modules import only typer at module level and import the work inside each
-command, so `edge-sdk --help` is fast and works on a robot without paddleslim.
+One module per user, each adding its own commands in `register(app)`: `workstation` (compress, demo,
+export, eval), `robot` (run, bench, doctor, install, rollback, list, service), `fleet` (flash),
+`bundle` (bundle ..., keygen) and `data` (data ...). Those modules import only typer at module
+level and import the work inside each command, so `edge-sdk --help` is fast and works on a robot
+without paddleslim.
 """
 
 from __future__ import annotations
@@ -40,10 +42,10 @@ def _root(
 
 
 def _register_all() -> None:
-    from edge_cli import areas
+    from edge_cli import bundle, data, fleet, robot, workstation
 
-    for register in areas.REGISTRARS:
-        register(app)
+    for module in (data, workstation, bundle, robot, fleet):
+        module.register(app)
 
 
 _register_all()

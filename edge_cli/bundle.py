@@ -1,7 +1,4 @@
-"""CLI commands: `edge-sdk bundle inspect|verify|sign` and `edge-sdk keygen`.
-
-`bundle_app` is the `bundle` sub-group; other areas may add commands to it (e.g. import-ppdet).
-"""
+"""Bundle commands: `bundle inspect|verify|sign|import-ppdet` and `keygen`."""
 
 from __future__ import annotations
 
@@ -199,6 +196,23 @@ def keygen_command(
     private_path, public_path = out_dir / (name + ".key"), out_dir / (name + ".pub")
     key_id = generate_keypair(private_path, public_path)
     typer.echo("key {}: private {} (keep secret), public {}".format(key_id, private_path, public_path))
+
+
+@bundle_app.command("import-ppdet")
+def import_ppdet_command(
+    export_dir: Path = typer.Argument(
+        ..., help="PaddleDetection export folder (model.pdmodel, model.pdiparams, infer_cfg.yml).", show_default=False
+    ),
+    out: Path = typer.Option(..., "--out", help="Bundle file to write.", show_default=False),
+    name: Optional[str] = typer.Option(None, "--name", help="Bundle name (default: the folder's name)."),
+    version: str = typer.Option("0.1.0", "--version", help="Bundle version."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Sign with this Ed25519 private key."),
+) -> None:
+    """Wrap a PaddleDetection export into a bundle (preprocessing and labels from infer_cfg.yml)."""
+    from device.ppdet import import_ppdet
+
+    written = import_ppdet(export_dir, out, name=name, version=version, signing_key=key)
+    typer.echo("wrote {}".format(written))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""CLI commands: `edge-sdk install | rollback | list` on a robot, and `edge-sdk flash` to many robots."""
+"""Fleet commands, run on the workstation: `flash` a bundle to many robots over ssh."""
 
 from __future__ import annotations
 
@@ -7,114 +7,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-
-_DEFAULT_ROOT = "/var/lib/edge-sdk"
-_ROOT_HELP = "The robot's bundle store (versions, active pointer, history, keys/, robot.json)."
-
-
-def install_command(
-    file: Path = typer.Argument(..., help="Bundle file (NAME-VERSION.edgebundle) to install.", show_default=False),
-    root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
-    trusted_keys: Optional[Path] = typer.Option(
-        None,
-        "--trusted-keys",
-        help="Public key file or folder (*.pem, *.pub): the bundle must be signed by one of them "
-        "(default: ROOT/keys, where signatures are required only once it holds a key).",
-    ),
-    allow_downgrade: bool = typer.Option(
-        False, "--allow-downgrade", help="Install a version older than (or a different build of) the active one."
-    ),
-    min_fps: float = typer.Option(0.0, "--min-fps", help="Health check: minimum frames per second (0: measure only)."),
-    fps_frames: int = typer.Option(10, "--fps-frames", help="Health check: frames timed for the FPS figure."),
-    skip_health: bool = typer.Option(
-        False, "--skip-health", help="Commit without loading the model (not for robots in service)."
-    ),
-    keep: int = typer.Option(3, "--keep", help="Old versions kept besides the active one (the oldest are pruned)."),
-    device: str = typer.Option("auto", "--device", help="Health check predictor device: auto, cpu or gpu."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for `edge-sdk flash`)."),
-) -> None:
-    """Verify a bundle, switch to it, health-check it and commit; restore the previous version on failure."""
-    from rich.console import Console
-
-    from device.install import HealthSettings, install_bundle
-
-    console = Console(stderr=True)
-    with console.status("installing {}".format(file.name)) as status:
-        result = install_bundle(
-            file,
-            root,
-            trusted_keys,
-            allow_downgrade,
-            skip_health,
-            HealthSettings(min_fps=min_fps, fps_frames=fps_frames, device=device),
-            keep,
-            log=lambda message: status.update(message),
-        )
-    for action in result.recovered:
-        console.print("[yellow]recovered:[/] " + action)
-    if result.health is not None:
-        for warning in result.health.warnings:
-            console.print("[yellow]warning:[/] " + warning)
-    if as_json:
-        doc = {
-            "outcome": result.outcome,
-            "name": result.name,
-            "version": result.version,
-            "sha256": result.sha256,
-            "dir": result.dirname,
-            "summary": result.summary(),
-            "health": None if result.health is None else result.health.to_dict(),
-            "pruned": result.pruned,
-        }
-        typer.echo(json.dumps(doc, sort_keys=True))
-        return
-    typer.echo(result.summary())
-    for dirname in result.pruned:
-        typer.echo("pruned " + dirname)
-
-
-def rollback_command(root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP)) -> None:
-    """Make the previous good version active again (the current one is kept, marked rolled-back)."""
-    from device.install import rollback
-
-    active, previous = rollback(root)
-    typer.echo("active: {}; previous: {}".format(active, previous or "none"))
-
-
-def list_command(
-    root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the versions as a JSON list."),
-) -> None:
-    """Show installed versions: active/previous markers, install time, signer, health result."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from device.install import list_versions
-
-    rows = list_versions(root)
-    if as_json:
-        typer.echo(json.dumps(rows, sort_keys=True))
-        return
-    if not rows:
-        typer.echo("no versions installed in {}".format(root))
-        return
-    table = Table(title="bundles in {}".format(root), title_justify="left")
-    for column in ("", "name", "version", "sha256", "installed", "signed by", "status", "health"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        marker = "active" if row["active"] else ("previous" if row["previous"] else "")
-        health = row["health"] + ("" if row["fps"] is None else " ({:.1f} FPS)".format(row["fps"]))
-        table.add_row(
-            marker,
-            row["name"],
-            row["version"],
-            row["sha256"][:12],
-            row["installed_at"],
-            row["signed_by"] or "unsigned",
-            row["status"],
-            health,
-        )
-    Console().print(table)
 
 
 def flash_command(
@@ -239,8 +131,5 @@ def flash_command(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `install`, `rollback`, `list` and `flash` to the root app."""
-    app.command("install")(install_command)
-    app.command("rollback")(rollback_command)
-    app.command("list")(list_command)
+    """Add `flash` to the root app."""
     app.command("flash")(flash_command)

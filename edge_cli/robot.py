@@ -1,11 +1,251 @@
-"""CLI commands that look after the robot itself: `doctor` and `service install`."""
+"""Robot commands: `run`, `bench`, `doctor`, `install`, `rollback`, `list` and `service install`."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+_PRECISION_HELP = "fp32, fp16 or int8 (default: the bundle's own). Falls back (with a note) when the machine cannot."
+
+
+def _source_uri(camera: Optional[int], source: Optional[str]) -> str:
+    from edge_sdk.errors import SourceError
+
+    if camera is not None and source is not None:
+        raise SourceError("give --camera or --source, not both")
+    if source is not None:
+        return source
+    return str(camera if camera is not None else 0)
+
+
+def run_command(
+    camera: Optional[int] = typer.Option(
+        None, "--camera", help="Camera index (/dev/videoN) (default: 0 when --source is not given)."
+    ),
+    source: Optional[str] = typer.Option(
+        None,
+        "--source",
+        help="Frame source: /dev/videoN, csi://N, rtsp://..., a video file, an image folder, or 'demo'.",
+    ),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", help="Bundle file to run (default: the one installed under --root)."
+    ),
+    root: Optional[str] = typer.Option(None, "--root", help="The robot's bundle store (default: /var/lib/edge-sdk)."),
+    serial: Optional[str] = typer.Option(
+        None, "--serial", help="Serial port of the robot controller, e.g. /dev/ttyTHS0."
+    ),
+    baud: int = typer.Option(115200, "--baud", help="Serial baud rate."),
+    serial_mode: str = typer.Option(
+        "binary",
+        "--serial-mode",
+        help="binary: the framed protocol of docs/serial-protocol.md; text: one readable line per message (debugging).",
+    ),
+    preview: Optional[str] = typer.Option(None, "--preview", help="Serve a live preview page on HOST:PORT."),
+    record: Optional[Path] = typer.Option(None, "--record", help="Record annotated video to this file."),
+    jsonl: Optional[str] = typer.Option(
+        None, "--jsonl", help="Write one JSON line per frame to FILE, or '-' for stdout."
+    ),
+    max_frames: Optional[int] = typer.Option(
+        None, "--max-frames", min=1, help="Stop after this many processed frames."
+    ),
+    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+    dla: Optional[int] = typer.Option(
+        None, "--dla", help="Run TensorRT layers on DLA core 0 or 1 (Xavier/Orin; fp16 or int8)."
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU math threads (default: all cores)."),
+    score_threshold: Optional[float] = typer.Option(
+        None, "--score-threshold", min=0.0, max=1.0, help="Minimum score (default: the bundle's)."
+    ),
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Comma-separated class names to keep (default: all)."
+    ),
+    width: Optional[int] = typer.Option(None, "--width", help="Requested camera width in pixels."),
+    height: Optional[int] = typer.Option(None, "--height", help="Requested camera height in pixels."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Requested camera frame rate (also paces video files)."),
+    loop: bool = typer.Option(False, "--loop", help="Restart a video file or image folder at its end."),
+    engine_cache: Optional[str] = typer.Option(
+        None, "--engine-cache", envvar="EDGE_SDK_ENGINE_CACHE", help="Folder for cached TensorRT engines."
+    ),
+    trusted_key: Optional[Path] = typer.Option(
+        None, "--trusted-key", help="Require the bundle to be signed by this public key (file or folder)."
+    ),
+) -> None:
+    """Run the detector on a camera or stream and send detections to the robot.
+
+    Shows a live status line; stops cleanly on Ctrl-C or SIGTERM. Under a systemd Type=notify
+    unit it reports READY, WATCHDOG (only while frames flow) and STATUS.
+    """
+    from device.runtime import RunOptions, run
+
+    options = RunOptions(
+        source=_source_uri(camera, source),
+        bundle=str(bundle) if bundle else None,
+        root=root,
+        serial=serial,
+        baud=baud,
+        serial_mode=serial_mode,
+        preview=preview,
+        record=str(record) if record else None,
+        jsonl=jsonl,
+        max_frames=max_frames,
+        precision=precision,
+        device=device,
+        dla_core=dla,
+        threads=threads,
+        score_threshold=score_threshold,
+        classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        width=width,
+        height=height,
+        fps=fps,
+        loop=loop,
+        engine_cache=engine_cache,
+        trusted_keys=str(trusted_key) if trusted_key else None,
+    )
+    run(options)
+
+
+def bench_command(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle file to measure.", show_default=False),
+    source: str = typer.Option(
+        "demo", "--source", help="Frames for the full pipeline: a video file, an image folder or 'demo'."
+    ),
+    frames: int = typer.Option(100, "--frames", min=2, help="Frames to time in each measurement."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
+    dla: Optional[int] = typer.Option(None, "--dla", help="DLA core 0 or 1."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU math threads (default: all cores)."),
+) -> None:
+    """Measure predictor-only FPS and full-pipeline FPS (source, preprocessing, inference,
+    postprocessing) on the same bundle, and print their ratio."""
+    from device.runtime import bench_bundle
+
+    result = bench_bundle(
+        bundle, source=source, frames=frames, precision=precision, device=device, dla_core=dla, threads=threads
+    )
+    typer.echo("predictor: {}".format(result["plan"]))
+    typer.echo(
+        "predictor-only  {:8.1f} fps  ({:.1f} ms median)".format(result["predictor_fps"], result["predictor_ms"])
+    )
+    typer.echo(
+        "full pipeline   {:8.1f} fps  (e2e p50 {:.1f} ms, p99 {:.1f} ms, dropped {})".format(
+            result["pipeline_fps"], result["e2e_p50_ms"] or 0.0, result["e2e_p99_ms"] or 0.0, result["dropped"]
+        )
+    )
+    typer.echo("ratio           {:8.3f}".format(result["ratio"]))
+
+
+_DEFAULT_ROOT = "/var/lib/edge-sdk"
+_ROOT_HELP = "The robot's bundle store (versions, active pointer, history, keys/, robot.json)."
+
+
+def install_command(
+    file: Path = typer.Argument(..., help="Bundle file (NAME-VERSION.edgebundle) to install.", show_default=False),
+    root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
+    trusted_keys: Optional[Path] = typer.Option(
+        None,
+        "--trusted-keys",
+        help="Public key file or folder (*.pem, *.pub): the bundle must be signed by one of them "
+        "(default: ROOT/keys, where signatures are required only once it holds a key).",
+    ),
+    allow_downgrade: bool = typer.Option(
+        False, "--allow-downgrade", help="Install a version older than (or a different build of) the active one."
+    ),
+    min_fps: float = typer.Option(0.0, "--min-fps", help="Health check: minimum frames per second (0: measure only)."),
+    fps_frames: int = typer.Option(10, "--fps-frames", help="Health check: frames timed for the FPS figure."),
+    skip_health: bool = typer.Option(
+        False, "--skip-health", help="Commit without loading the model (not for robots in service)."
+    ),
+    keep: int = typer.Option(3, "--keep", help="Old versions kept besides the active one (the oldest are pruned)."),
+    device: str = typer.Option("auto", "--device", help="Health check predictor device: auto, cpu or gpu."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for `edge-sdk flash`)."),
+) -> None:
+    """Verify a bundle, switch to it, health-check it and commit; restore the previous version on failure."""
+    from rich.console import Console
+
+    from device.install import HealthSettings, install_bundle
+
+    console = Console(stderr=True)
+    with console.status("installing {}".format(file.name)) as status:
+        result = install_bundle(
+            file,
+            root,
+            trusted_keys,
+            allow_downgrade,
+            skip_health,
+            HealthSettings(min_fps=min_fps, fps_frames=fps_frames, device=device),
+            keep,
+            log=lambda message: status.update(message),
+        )
+    for action in result.recovered:
+        console.print("[yellow]recovered:[/] " + action)
+    if result.health is not None:
+        for warning in result.health.warnings:
+            console.print("[yellow]warning:[/] " + warning)
+    if as_json:
+        doc = {
+            "outcome": result.outcome,
+            "name": result.name,
+            "version": result.version,
+            "sha256": result.sha256,
+            "dir": result.dirname,
+            "summary": result.summary(),
+            "health": None if result.health is None else result.health.to_dict(),
+            "pruned": result.pruned,
+        }
+        typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    typer.echo(result.summary())
+    for dirname in result.pruned:
+        typer.echo("pruned " + dirname)
+
+
+def rollback_command(root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP)) -> None:
+    """Make the previous good version active again (the current one is kept, marked rolled-back)."""
+    from device.install import rollback
+
+    active, previous = rollback(root)
+    typer.echo("active: {}; previous: {}".format(active, previous or "none"))
+
+
+def list_command(
+    root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the versions as a JSON list."),
+) -> None:
+    """Show installed versions: active/previous markers, install time, signer, health result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from device.install import list_versions
+
+    rows = list_versions(root)
+    if as_json:
+        typer.echo(json.dumps(rows, sort_keys=True))
+        return
+    if not rows:
+        typer.echo("no versions installed in {}".format(root))
+        return
+    table = Table(title="bundles in {}".format(root), title_justify="left")
+    for column in ("", "name", "version", "sha256", "installed", "signed by", "status", "health"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        marker = "active" if row["active"] else ("previous" if row["previous"] else "")
+        health = row["health"] + ("" if row["fps"] is None else " ({:.1f} FPS)".format(row["fps"]))
+        table.add_row(
+            marker,
+            row["name"],
+            row["version"],
+            row["sha256"][:12],
+            row["installed_at"],
+            row["signed_by"] or "unsigned",
+            row["status"],
+            health,
+        )
+    Console().print(table)
+
 
 service_app = typer.Typer(help="Run edge-sdk as a systemd service on the robot.", no_args_is_help=True)
 
@@ -78,6 +318,11 @@ def service_install(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `doctor` and `service` to the root app."""
+    """Add the robot's commands to the root app."""
+    app.command("run")(run_command)
+    app.command("bench")(bench_command)
     app.command("doctor")(doctor)
+    app.command("install")(install_command)
+    app.command("rollback")(rollback_command)
+    app.command("list")(list_command)
     app.add_typer(service_app, name="service")

@@ -2,7 +2,7 @@
 
 The launcher runs a `.py` file (it has no `-m`), so `edge-sdk compress --gpus 0,1` re-runs itself
 as `python -m paddle.distributed.launch --devices 0,1 .../edge_cli/worker.py compress ...`
-(see `edge_cli.compress.launch_command`). Each process then trains with
+(see `edge_cli.workstation.launch_command`). Each process then trains with
 paddle.DataParallel and a DistributedBatchSampler; rank 0 evaluates, checkpoints and exports.
 """
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_launch_command_for_gpus() -> None:
-    from edge_cli.compress import launch_command
+    from edge_cli.workstation import launch_command
 
     argv = ["compress", "recipes/demo.yml", "--gpus", "0,1,2,3", "--data", "d", "--resume"]
     command = launch_command("0,1,2,3", argv, python="/usr/bin/python3", log_dir="w/logs")
@@ -30,7 +30,7 @@ def test_launch_command_for_gpus() -> None:
 
 
 def test_launch_command_for_cpu_processes_omits_devices() -> None:
-    from edge_cli.compress import launch_command
+    from edge_cli.workstation import launch_command
 
     command = launch_command("cpu:2", ["compress", "r.yml", "--gpus", "cpu:2"])
     assert "--devices" not in command

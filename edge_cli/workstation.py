@@ -1,0 +1,359 @@
+"""Workstation commands: `compress`, `demo`, `export` and `eval`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+import typer
+
+INTERRUPTED_EXIT = 130
+WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
+"""The script paddle.distributed.launch runs in every process (it runs files, not modules)."""
+DEMO_RECIPE = Path(__file__).resolve().parent / "recipes" / "demo.yml"
+"""The built-in demo recipe, shipped as package data."""
+DEMO_TRAIN_PROCESSES = 2
+"""The demo trains data-parallel on this many CPU processes: one dygraph process keeps about one core busy."""
+
+
+def launch_command(
+    gpus: str, argv: List[str], python: Optional[str] = None, log_dir: Optional[str] = None
+) -> List[str]:
+    """The command that re-runs this CLI invocation on several devices with paddle.distributed.launch.
+
+    gpus: "0,1,2,3" (GPU ids) or "cpu:N" (N CPU processes, gloo; `--devices` must then be left out).
+    argv: this process's arguments after the program name; `--gpus` and its value are removed.
+    The launcher runs a `.py` file (it has no `-m`), so the entry is edge_cli/worker.py.
+    """
+    gpus = gpus.strip()
+    rest: List[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--gpus":
+            skip = True
+            continue
+        if arg.startswith("--gpus="):
+            continue
+        rest.append(arg)
+    entry = str(WORKER_SCRIPT)
+    command = [python or sys.executable, "-m", "paddle.distributed.launch"]
+    if gpus.startswith("cpu:"):
+        count = gpus[4:]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError("--gpus cpu:N needs a positive process count, got {!r}".format(gpus))
+        command += ["--nproc_per_node", count]
+    else:
+        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not ids or not all(g.isdigit() for g in ids):
+            raise ValueError("--gpus expects device ids like 0,1,2,3 (or cpu:N), got {!r}".format(gpus))
+        command += ["--devices", ",".join(ids)]
+    if log_dir:
+        command += ["--log_dir", log_dir]
+    return command + [entry] + rest
+
+
+def _relaunch(gpus: str, workdir: Path) -> None:
+    """Re-run this command under paddle.distributed.launch on `gpus` (see launch_command); exits with its code."""
+    import subprocess
+
+    try:
+        command = launch_command(gpus, sys.argv[1:], log_dir=str(workdir / "launch-logs"))
+    except ValueError as exc:
+        from edge_sdk.errors import RecipeError
+
+        raise RecipeError(str(exc)) from None
+    if "--workdir" not in sys.argv:
+        command += ["--workdir", str(workdir)]
+    typer.echo(" ".join(command), err=True)
+    try:
+        code = subprocess.call(command, env=dict(os.environ))
+    except KeyboardInterrupt:
+        code = INTERRUPTED_EXIT
+    raise typer.Exit(code)
+
+
+def _run_pipeline(
+    recipe_path: Path,
+    workdir: Path,
+    out: Optional[Path],
+    data: Optional[Path],
+    resume: bool,
+    progress: bool,
+    stages: Optional[str] = None,
+) -> None:
+    from rich.console import Console
+
+    from compress.pipeline import run
+    from compress.recipe import load_recipe
+    from compress.train import TrainingInterrupted
+
+    console = Console(stderr=True)
+    recipe = load_recipe(recipe_path)
+    try:
+        result = run(
+            recipe,
+            workdir,
+            out=out,
+            data_dir=data,
+            resume=resume,
+            progress=progress,
+            log=lambda m: console.print(m, highlight=False),
+            stages=[s.strip() for s in stages.split(",") if s.strip()] if stages else None,
+        )
+    except TrainingInterrupted as exc:
+        console.print(
+            "interrupted: checkpoint saved to {} (continue with --resume)".format(exc.checkpoint), highlight=False
+        )
+        raise typer.Exit(INTERRUPTED_EXIT) from None
+    except KeyboardInterrupt:
+        console.print("interrupted", highlight=False)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
+    if result is None:
+        return
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from compress.pipeline import summary_rows
+
+    table = Table(title="bundle {}".format(result.bundle))
+    for column in ("stage", "mAP@.5", "mAP", "GFLOPs", "params (M)", "bundle MB", "CPU ms"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in summary_rows(result):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    if result.per_class:
+        parts = ["{} {:.3f}".format(c["name"], c["ap50"]) for c in result.per_class if c.get("ap50") is not None]
+        console.print("AP@.5 per class: " + ", ".join(parts), highlight=False)
+    if getattr(result, "report", None):
+        console.print("report: {}".format(result.report), highlight=False)
+
+
+def compress_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/*.yml).", exists=False),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Dataset folder holding the recipe's train/val COCO files; overrides data.path."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Bundle file to write (default: WORKDIR/NAME-VERSION.edgebundle)."
+    ),
+    gpus: Optional[str] = typer.Option(
+        None,
+        "--gpus",
+        help="Train and fine-tune data-parallel on these GPU ids, e.g. 0,1,2,3 (or cpu:N for N CPU processes); relaunches through paddle.distributed.launch.",
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue training from WORKDIR/train/last.pdckpt."),
+    workdir: Optional[Path] = typer.Option(
+        None, "--workdir", help="Folder for data, checkpoints, curves and the bundle (default: runs/<recipe name>)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    stages: Optional[str] = typer.Option(
+        None,
+        "--stages",
+        help="Run only these of the recipe's stages, comma-separated (e.g. prune,distill); the others are read from WORKDIR (unchanged stages are always reused).",
+    ),
+) -> None:
+    """Train, prune, distill, quantize and export a YOLOv3 from a recipe (its `stages`), each stage cached in WORKDIR and measured on the val set; writes the bundle and WORKDIR/report.md."""
+    workdir = workdir or Path("runs") / recipe.stem
+    if gpus:
+        _relaunch(gpus, workdir)
+    _run_pipeline(recipe, workdir, out, data, resume, progress, stages)
+
+
+def demo_command(
+    workdir: Path = typer.Option(Path("demo-out"), "--workdir", help="Folder for the data, checkpoints and bundle."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo run."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Synthesize the PCB-defect data and run recipes/demo.yml on the CPU: train (data-parallel over 2 CPU processes when there are 2 cores), prune, distill, INT8, export; prints the per-stage table (about 18 minutes on 2 cores)."""
+    recipe = DEMO_RECIPE
+    if not recipe.is_file():
+        from edge_sdk.errors import RecipeError
+
+        raise RecipeError("the demo recipe is missing: {}".format(recipe))
+    processes = min(DEMO_TRAIN_PROCESSES, os.cpu_count() or 1)
+    if processes > 1 and "PADDLE_TRAINER_ID" not in os.environ:
+        _relaunch("cpu:{}".format(processes), workdir)
+    _run_pipeline(recipe, workdir, None, None, resume, progress)
+
+
+_ARCHS = ("darknet53", "mobilenet_v1", "mobilenet_v3_large")
+
+
+def _parse_input_size(text: str) -> Tuple[int, int]:
+    """ "320" -> (320, 320); "320x416" -> (320, 416) as (height, width)."""
+    from edge_sdk.errors import RecipeError
+
+    parts = text.lower().split("x")
+    try:
+        dims = [int(p) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) == 1:
+        dims = dims * 2
+    if len(dims) != 2 or min(dims) < 32 or any(d % 32 for d in dims):
+        raise RecipeError(
+            "--input-size must be S or HxW with multiples of 32 (e.g. 320 or 320x416), got {!r}".format(text)
+        )
+    return dims[0], dims[1]
+
+
+def _parse_classes(text: Optional[str], num_classes: int) -> Tuple[Tuple[str, ...], bool]:
+    """Class names from "a,b,c", or class0..K-1 when not given. Returns (names, defaulted)."""
+    from edge_sdk.errors import RecipeError
+
+    if text is None:
+        return tuple("class{}".format(i) for i in range(num_classes)), True
+    names = tuple(n.strip() for n in text.split(","))
+    if any(not n for n in names):
+        raise RecipeError("--classes has an empty name: {!r}".format(text))
+    if len(set(names)) != len(names):
+        raise RecipeError("--classes has duplicate names: {!r}".format(text))
+    if len(names) != num_classes:
+        raise RecipeError("--classes lists {} names but --num-classes is {}".format(len(names), num_classes))
+    return names, False
+
+
+def export_command(
+    arch: str = typer.Option(..., "--arch", help="Backbone: " + ", ".join(_ARCHS) + ".", show_default=False),
+    weights: Path = typer.Option(
+        ..., "--weights", help="PaddleDetection-layout YOLOv3 checkpoint (.pdparams).", show_default=False
+    ),
+    num_classes: int = typer.Option(
+        ..., "--num-classes", min=1, help="Number of classes the model detects.", show_default=False
+    ),
+    input_size: str = typer.Option(
+        ..., "--input-size", help="Network input: S (square) or HxW, multiples of 32.", show_default=False
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Bundle file to write (e.g. NAME-VERSION.edgebundle).", show_default=False
+    ),
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Comma-separated class names in class-id order (default: class0..K-1)."
+    ),
+    width: float = typer.Option(1.0, "--width", help="Channel width multiplier the checkpoint was trained with."),
+    name: Optional[str] = typer.Option(None, "--name", help="Bundle name (default: yolov3_ARCH)."),
+    version: str = typer.Option("0.1.0", "--version", help="Bundle version."),
+) -> None:
+    """Export a trained checkpoint straight to an fp32 bundle (no training, no compression).
+
+    The checkpoint must match the architecture, width and class count exactly. Decoding and NMS use PaddleDetection's YOLOv3 defaults (conf 0.005, NMS IoU 0.45, top 1000, keep 100).
+    """
+    from edge_sdk.errors import DataError, RecipeError
+
+    if arch not in _ARCHS:
+        raise RecipeError("unknown architecture {!r}: expected one of {}".format(arch, ", ".join(_ARCHS)))
+    if not weights.is_file():
+        raise DataError("weights file not found: {}".format(weights))
+    size = _parse_input_size(input_size)
+    names, defaulted = _parse_classes(classes, num_classes)
+    if defaulted:
+        typer.echo("note: no --classes given; naming the classes class0..class{}".format(num_classes - 1), err=True)
+
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("building yolov3_{} and loading {}".format(arch, weights.name)):
+        from compress.export import count_params, export_bundle, model_flops
+        from compress.models import build_yolov3, load_pretrained
+        from edge_sdk.manifest import StageMetrics
+
+        model = build_yolov3(arch, num_classes, width=width)
+        report = load_pretrained(model, str(weights))
+        model.eval()
+    if report.reinitialised:
+        raise DataError(
+            "weights file {} has {} classes, --num-classes is {}: exporting would ship an untrained head".format(
+                weights, report.checkpoint_classes, num_classes
+            )
+        )
+    for message in report.messages:
+        typer.echo("note: " + message, err=True)
+    with console.status("exporting at {}x{}".format(*size)):
+        metrics = StageMetrics(stage="export", flops=model_flops(model, size), params=float(count_params(model)))
+        path = export_bundle(model, names, size, out, name or "yolov3_{}".format(arch), version, metrics=[metrics])
+    typer.echo(
+        "wrote {} ({}, {} classes, input {}x{}, {:.2f} GFLOPs, {:.2f} M params)".format(
+            path, "yolov3_{}".format(arch), num_classes, size[0], size[1], metrics.flops / 1e9, metrics.params / 1e6
+        )
+    )
+
+
+def eval_command(
+    gt: Path = typer.Option(
+        ..., "--gt", help="COCO ground-truth JSON (images, annotations, categories). Image files are not needed."
+    ),
+    dt: Path = typer.Option(
+        ..., "--dt", help="COCO results JSON: a list of {image_id, category_id, bbox (x, y, w, h), score}."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print machine-readable JSON (keys mAP, mAP50, per_class, ...; null when undefined)."
+    ),
+) -> None:
+    """COCO bbox mAP of detections against ground truth, computed like pycocotools' COCOeval.
+
+    Prints AP@[.5:.95], AP@.5 and AR@100 per class, then mAP, mAP50, mAP75 and mAP by object size.
+    """
+    from edge_sdk.metrics import evaluate_coco
+
+    result = evaluate_coco(gt, dt)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        return
+    _print_tables(result)
+
+
+def _print_tables(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    per_class = Table(title="Per class (IoU .50:.95, maxDets 100)")
+    per_class.add_column("class")
+    for name in ("AP", "AP50", "recall", "#GT"):
+        per_class.add_column(name, justify="right")
+    for c in result.per_class:
+        per_class.add_row(c.name, _fmt(c.ap), _fmt(c.ap50), _fmt(c.recall), str(c.num_gt))
+
+    summary = Table(
+        title="Summary (maxDets 100)",
+        caption="{} images, {} detections".format(result.num_images, result.num_detections),
+    )
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    for label, value in (
+        ("mAP@[.5:.95]", result.map),
+        ("mAP50", result.map50),
+        ("mAP75", result.map75),
+        ("mAP small (area < 32^2)", result.map_small),
+        ("mAP medium", result.map_medium),
+        ("mAP large (area > 96^2)", result.map_large),
+        ("AR@100", result.ar100),
+    ):
+        summary.add_row(label, _fmt(value))
+
+    console = Console()
+    console.print(per_class)
+    console.print(summary)
+
+
+def _fmt(value: Optional[float]) -> str:
+    """Three decimals, or '-' when undefined (no ground truth)."""
+    return "-" if value is None else "{:.3f}".format(value)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `compress`, `demo`, `export` and `eval` to the root app."""
+    app.command("compress")(compress_command)
+    app.command("demo")(demo_command)
+    app.command("export")(export_command)
+    app.command("eval")(eval_command)
