@@ -39,10 +39,11 @@ COPY pyproject.toml README.md ./
 COPY edge_sdk ./edge_sdk
 COPY device ./device
 COPY calibration ./calibration
+COPY edge_cli ./edge_cli
 # Our own package from this folder; its dependencies are bounded in pyproject.toml.
 # hadolint ignore=DL3013
 RUN python3 -m pip install --no-cache-dir ".[runtime]" \
-    && python3 -c "import sys; sys.modules['paddleslim'] = None; import device, calibration" \
+    && python3 -c "import sys; sys.modules['paddleslim'] = None; import device, calibration, edge_cli" \
     && edge-sdk --version
 
 # A fixed uid so host folders mounted as volumes can be given to it (chown 1000).
