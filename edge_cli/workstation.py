@@ -58,24 +58,59 @@ def launch_command(
     return command + [entry] + rest
 
 
-def _relaunch(gpus: str, workdir: Path) -> None:
-    """Re-run this command under paddle.distributed.launch on `gpus` (see launch_command); exits with its code."""
-    import subprocess
+def _relaunch(gpus: str, workdir: Path, recipe_path: Path, data: Optional[Path], verbose: bool = False) -> None:
+    """Re-run this command under paddle.distributed.launch on `gpus` (see launch_command); exits with its code.
+
+    Checked first, so that mistakes end in one line before anything starts: the --gpus value, CUDA
+    and the device ids, the recipe and the data folder. See edge_cli.launcher.run_launcher for
+    what the launcher is given and what is kept of its output and files.
+    """
+    import shutil
+    import tempfile
+
+    from compress.pipeline import prepare_data
+    from compress.recipe import load_recipe
+    from edge_cli.launcher import check_cuda_devices, run_launcher
+    from edge_sdk.errors import RecipeError
 
     try:
-        command = launch_command(gpus, sys.argv[1:], log_dir=str(workdir / "launch-logs"))
+        launch_command(gpus, [])
     except ValueError as exc:
-        from edge_sdk.errors import RecipeError
-
         raise RecipeError(str(exc)) from None
-    if "--workdir" not in sys.argv:
-        command += ["--workdir", str(workdir)]
-    typer.echo(" ".join(command), err=True)
+    spec = gpus.strip()
+    if spec.startswith("cpu:"):
+        processes = int(spec[4:])
+    else:
+        ids = [int(g) for g in spec.split(",") if g.strip()]
+        check_cuda_devices(ids, "--gpus {}".format(spec))
+        processes = len(ids)
+    recipe = load_recipe(recipe_path)
+    if data is not None or recipe.data.path != "synthetic":
+        prepare_data(recipe, workdir, data, progress=False)
+    logs = workdir / "launch-logs"
+    worker_errors = []
+
+    def show(line: str) -> None:
+        if line.startswith("error:"):
+            worker_errors.append(line)
+        typer.echo(line, err=line.startswith(("error:", "interrupted")))
+
+    log_dir = tempfile.mkdtemp(prefix="edge-sdk-launch-")
     try:
-        code = subprocess.call(command, env=dict(os.environ))
-    except KeyboardInterrupt:
-        code = INTERRUPTED_EXIT
-    raise typer.Exit(code)
+        command = launch_command(gpus, sys.argv[1:], log_dir=log_dir)
+        if "--workdir" not in sys.argv:
+            command += ["--workdir", str(workdir)]
+        if verbose:
+            typer.echo(" ".join(command), err=True)
+        typer.echo("running {} data-parallel processes (their logs: {})".format(processes, logs), err=True)
+        code = run_launcher(
+            command, Path(log_dir), logs, os.environ, verbose, out=show, err=lambda line: typer.echo(line, err=True)
+        )
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    if code not in (0, INTERRUPTED_EXIT) and not worker_errors:
+        typer.echo("error: a data-parallel process failed (exit code {}); see {}".format(code, logs), err=True)
+    raise typer.Exit(RecipeError.exit_code if worker_errors else code)
 
 
 def _run_pipeline(
@@ -166,7 +201,7 @@ def compress_command(
     """Train, prune, distill, quantize and export a YOLOv3 from a recipe (its `stages`), each stage cached in WORKDIR and measured on the val set; writes the bundle and WORKDIR/report.md."""
     workdir = workdir or Path("runs") / recipe.stem
     if gpus:
-        _relaunch(gpus, workdir)
+        _relaunch(gpus, workdir, recipe, data)
     _run_pipeline(recipe, workdir, out, data, resume, progress, stages)
 
 
@@ -183,7 +218,7 @@ def demo_command(
         raise RecipeError("the demo recipe is missing: {}".format(recipe))
     processes = min(DEMO_TRAIN_PROCESSES, os.cpu_count() or 1)
     if processes > 1 and "PADDLE_TRAINER_ID" not in os.environ:
-        _relaunch("cpu:{}".format(processes), workdir)
+        _relaunch("cpu:{}".format(processes), workdir, recipe, None)
     _run_pipeline(recipe, workdir, None, None, resume, progress)
 
 

@@ -52,6 +52,57 @@ def test_gpus_option_rejects_bad_ids(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("error: --gpus expects device ids")
 
 
+def _compress(tmp_path: Path, *args: str, env=None) -> subprocess.CompletedProcess:
+    (tmp_path / "tiny.yml").write_text("model: {arch: mobilenet_v1, width: 0.125, input_size: 64}\n")
+    command = [sys.executable, "-m", "edge_cli", "compress", "tiny.yml", "--workdir", "work", "--no-progress", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path), timeout=300, env=env)
+
+
+def _paddle_has_cuda() -> bool:
+    import paddle
+
+    return paddle.device.is_compiled_with_cuda()
+
+
+@pytest.mark.skipif(_paddle_has_cuda(), reason="checks the refusal on a Paddle build without CUDA")
+def test_gpu_ids_without_cuda_are_refused_before_launching(tmp_path: Path) -> None:
+    result = _compress(tmp_path, "--gpus", "0,1,2,3")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --gpus 0,1,2,3: this Paddle build has no CUDA (install paddlepaddle-gpu), or use --gpus cpu:N for N CPU processes"
+    ]
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_missing_data_folder_is_refused_before_launching(tmp_path: Path) -> None:
+    result = _compress(tmp_path, "--gpus", "cpu:2", "--data", "nowhere")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: --data: no such folder nowhere"]
+    assert result.stdout == "" and not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_failing_worker_shows_its_error_once_and_never_the_environment(tmp_path: Path) -> None:
+    """Paddle's launcher prints its environment when a worker fails and writes it to its log folder."""
+    secret = "s3cret-value-only-in-this-test-8d1f"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.json").write_text("not json")
+    (tmp_path / "data" / "val.json").write_text("{}")
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["EDGE_SDK_TEST_TOKEN"] = env["MY_API_TOKEN"] = secret
+    result = _compress(tmp_path, "--gpus", "cpu:2", "--data", "data", env=env)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: data/train.json: not valid JSON: Expecting value (line 1, column 1)"]
+    assert "LAUNCH" not in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+    assert secret not in result.stdout + result.stderr
+    kept = sorted(p.relative_to(tmp_path / "work") for p in (tmp_path / "work").rglob("*") if p.is_file())
+    assert kept == [Path("launch-logs/workerlog.0"), Path("launch-logs/workerlog.1")]
+    for path in (tmp_path / "work").rglob("*"):
+        assert path.is_dir() or secret.encode() not in path.read_bytes(), path
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
