@@ -54,14 +54,23 @@ _register_all()
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and a non-zero exit.
 
-    typer (standalone mode) already turns usage errors into a message and exit 2, and Ctrl-C
-    into "Aborted!" and exit 1; the SDK's own errors and OS errors are turned into one line here.
+    Usage errors (a missing option, a value out of its range: exit 2), the SDK's own errors and
+    OS errors each print one `error:` line; Ctrl-C exits with 130.
     """
     try:
-        app(prog_name="edge-sdk")
+        code = app(prog_name="edge-sdk", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except typer.TyperException as exc:
+        context = getattr(exc, "ctx", None)
+        see = " (see '{} --help')".format(context.command_path) if context is not None else ""
+        typer.echo("error: {}{}".format(exc.format_message(), see), err=True)
+        sys.exit(exc.exit_code)
     except EdgeSdkError as exc:
         typer.echo("error: {}".format(exc), err=True)
         sys.exit(exc.exit_code)
     except OSError as exc:
         typer.echo("error: {}".format(exc), err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

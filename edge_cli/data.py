@@ -32,11 +32,15 @@ def parse_size(text: str) -> Tuple[int, int]:
 @data_app.command("synth")
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write train.json, val.json and images/ into."),
-    images: int = typer.Option(200, "--images", "-n", help="Number of images to generate (train + val)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes byte-identical files."),
+    images: int = typer.Option(
+        200, "--images", "-n", min=1, max=100_000, help="Number of images to generate (train + val)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed writes byte-identical files."),
     size: str = typer.Option("256x256", "--size", help="Image size as WIDTHxHEIGHT in pixels."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of the images put in val.json."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes to render with (default: automatic)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=1, max=64, help="Processes to render with (default: automatic)."
+    ),
 ) -> None:
     """Generate the procedural PCB-defect dataset (6 classes) as COCO: train.json, val.json, images/*.png.
 
@@ -47,14 +51,8 @@ def synth(
     from edge_sdk.errors import DataError
 
     width, height = parse_size(size)
-    if images < 1:
-        raise DataError("--images must be at least 1 (got {})".format(images))
-    if seed < 0:
-        raise DataError("--seed must be 0 or more (got {})".format(seed))
     if not 0.0 <= val_fraction < 1.0:
         raise DataError("--val-fraction must be in [0, 1) (got {})".format(val_fraction))
-    if workers is not None and workers < 1:
-        raise DataError("--workers must be at least 1 (got {})".format(workers))
 
     import time
 

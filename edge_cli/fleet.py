@@ -20,7 +20,7 @@ def flash_command(
     robots: Optional[Path] = typer.Option(
         None, "--robots", help="File listing robots, one USER@HOST:PORT/ROOT per line (# comments allowed)."
     ),
-    parallel: int = typer.Option(4, "--parallel", help="Robots flashed at the same time."),
+    parallel: int = typer.Option(4, "--parallel", min=1, max=256, help="Robots flashed at the same time."),
     identity: Optional[Path] = typer.Option(None, "--identity", "-i", help="ssh private key file."),
     remote_root: Optional[str] = typer.Option(
         None, "--remote-root", help="Install root on the robots (a /path in --to wins); the robots' default otherwise."
@@ -34,10 +34,12 @@ def flash_command(
     strict_host_key_checking: str = typer.Option(
         "yes", "--strict-host-key-checking", help="ssh StrictHostKeyChecking: yes, accept-new or no."
     ),
-    connect_timeout: int = typer.Option(10, "--connect-timeout", help="ssh connect timeout in seconds."),
+    connect_timeout: int = typer.Option(
+        10, "--connect-timeout", min=1, max=600, help="ssh connect timeout in seconds."
+    ),
     allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Passed to the robots' install."),
     skip_health: bool = typer.Option(False, "--skip-health", help="Passed to the robots' install."),
-    min_fps: Optional[float] = typer.Option(None, "--min-fps", help="Passed to the robots' install."),
+    min_fps: Optional[float] = typer.Option(None, "--min-fps", min=0.0, help="Passed to the robots' install."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the per-robot results as a JSON list instead of a table."
     ),

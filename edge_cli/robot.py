@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+_MAX_CAMERA_SIDE = 8192
+_MAX_THREADS = 256
 _PRECISION_HELP = "fp32, fp16 or int8 (default: the bundle's own). Falls back (with a note) when the machine cannot."
 
 
@@ -23,7 +25,7 @@ def _source_uri(camera: Optional[int], source: Optional[str]) -> str:
 
 def run_command(
     camera: Optional[int] = typer.Option(
-        None, "--camera", help="Camera index (/dev/videoN) (default: 0 when --source is not given)."
+        None, "--camera", min=0, max=255, help="Camera index (/dev/videoN) (default: 0 when --source is not given)."
     ),
     source: Optional[str] = typer.Option(
         None,
@@ -37,7 +39,7 @@ def run_command(
     serial: Optional[str] = typer.Option(
         None, "--serial", help="Serial port of the robot controller, e.g. /dev/ttyTHS0."
     ),
-    baud: int = typer.Option(115200, "--baud", help="Serial baud rate."),
+    baud: int = typer.Option(115200, "--baud", min=300, max=12_500_000, help="Serial baud rate."),
     serial_mode: str = typer.Option(
         "binary",
         "--serial-mode",
@@ -54,18 +56,26 @@ def run_command(
     precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
     dla: Optional[int] = typer.Option(
-        None, "--dla", help="Run TensorRT layers on DLA core 0 or 1 (Xavier/Orin; fp16 or int8)."
+        None, "--dla", min=0, max=1, help="Run TensorRT layers on DLA core 0 or 1 (Xavier/Orin; fp16 or int8)."
     ),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU math threads (default: all cores)."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, max=_MAX_THREADS, help="CPU math threads (default: all cores)."
+    ),
     score_threshold: Optional[float] = typer.Option(
         None, "--score-threshold", min=0.0, max=1.0, help="Minimum score (default: the bundle's)."
     ),
     classes: Optional[str] = typer.Option(
         None, "--classes", help="Comma-separated class names to keep (default: all)."
     ),
-    width: Optional[int] = typer.Option(None, "--width", help="Requested camera width in pixels."),
-    height: Optional[int] = typer.Option(None, "--height", help="Requested camera height in pixels."),
-    fps: Optional[float] = typer.Option(None, "--fps", help="Requested camera frame rate (also paces video files)."),
+    width: Optional[int] = typer.Option(
+        None, "--width", min=1, max=_MAX_CAMERA_SIDE, help="Requested camera width in pixels."
+    ),
+    height: Optional[int] = typer.Option(
+        None, "--height", min=1, max=_MAX_CAMERA_SIDE, help="Requested camera height in pixels."
+    ),
+    fps: Optional[float] = typer.Option(
+        None, "--fps", min=0.1, max=1000.0, help="Requested camera frame rate (also paces video files)."
+    ),
     loop: bool = typer.Option(False, "--loop", help="Restart a video file or image folder at its end."),
     engine_cache: Optional[str] = typer.Option(
         None, "--engine-cache", envvar="EDGE_SDK_ENGINE_CACHE", help="Folder for cached TensorRT engines."
@@ -113,11 +123,13 @@ def bench_command(
     source: str = typer.Option(
         "demo", "--source", help="Frames for the full pipeline: a video file, an image folder or 'demo'."
     ),
-    frames: int = typer.Option(100, "--frames", min=2, help="Frames to time in each measurement."),
+    frames: int = typer.Option(100, "--frames", min=2, max=100_000, help="Frames to time in each measurement."),
     precision: Optional[str] = typer.Option(None, "--precision", help=_PRECISION_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or gpu."),
-    dla: Optional[int] = typer.Option(None, "--dla", help="DLA core 0 or 1."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU math threads (default: all cores)."),
+    dla: Optional[int] = typer.Option(None, "--dla", min=0, max=1, help="DLA core 0 or 1."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, max=_MAX_THREADS, help="CPU math threads (default: all cores)."
+    ),
 ) -> None:
     """Measure predictor-only FPS and full-pipeline FPS (source, preprocessing, inference,
     postprocessing) on the same bundle, and print their ratio."""
@@ -154,12 +166,18 @@ def install_command(
     allow_downgrade: bool = typer.Option(
         False, "--allow-downgrade", help="Install a version older than (or a different build of) the active one."
     ),
-    min_fps: float = typer.Option(0.0, "--min-fps", help="Health check: minimum frames per second (0: measure only)."),
-    fps_frames: int = typer.Option(10, "--fps-frames", help="Health check: frames timed for the FPS figure."),
+    min_fps: float = typer.Option(
+        0.0, "--min-fps", min=0.0, help="Health check: minimum frames per second (0: measure only)."
+    ),
+    fps_frames: int = typer.Option(
+        10, "--fps-frames", min=1, max=10_000, help="Health check: frames timed for the FPS figure."
+    ),
     skip_health: bool = typer.Option(
         False, "--skip-health", help="Commit without loading the model (not for robots in service)."
     ),
-    keep: int = typer.Option(3, "--keep", help="Old versions kept besides the active one (the oldest are pruned)."),
+    keep: int = typer.Option(
+        3, "--keep", min=0, max=100, help="Old versions kept besides the active one (the oldest are pruned)."
+    ),
     device: str = typer.Option("auto", "--device", help="Health check predictor device: auto, cpu or gpu."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for `edge-sdk flash`)."),
 ) -> None:
@@ -293,7 +311,9 @@ def service_install(
     ),
     unit_dir: str = typer.Option("/etc/systemd/system", help="Where to write edge-sdk.service."),
     user: str = typer.Option("edge", help="User the service runs as (needs the video and dialout groups)."),
-    watchdog: int = typer.Option(30, help="Seconds without frames before systemd restarts the runtime."),
+    watchdog: int = typer.Option(
+        30, min=2, max=3600, help="Seconds without frames before systemd restarts the runtime."
+    ),
     executable: Optional[str] = typer.Option(None, help="Path of edge-sdk [default: the one on PATH]."),
     enable: bool = typer.Option(True, help="Run systemctl daemon-reload and enable --now."),
     print_only: bool = typer.Option(False, "--print", help="Print the unit instead of installing it."),

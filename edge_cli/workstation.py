@@ -228,6 +228,7 @@ _ARCHS = ("darknet53", "mobilenet_v1", "mobilenet_v3_large")
 def _parse_input_size(text: str) -> Tuple[int, int]:
     """ "320" -> (320, 320); "320x416" -> (320, 416) as (height, width)."""
     from edge_sdk.errors import RecipeError
+    from edge_sdk.manifest import MAX_INPUT_SIDE
 
     parts = text.lower().split("x")
     try:
@@ -236,9 +237,11 @@ def _parse_input_size(text: str) -> Tuple[int, int]:
         dims = []
     if len(dims) == 1:
         dims = dims * 2
-    if len(dims) != 2 or min(dims) < 32 or any(d % 32 for d in dims):
+    if len(dims) != 2 or not all(32 <= d <= MAX_INPUT_SIDE and d % 32 == 0 for d in dims):
         raise RecipeError(
-            "--input-size must be S or HxW with multiples of 32 (e.g. 320 or 320x416), got {!r}".format(text)
+            "--input-size must be S or HxW, multiples of 32 from 32 to {} (e.g. 320 or 320x416), got {!r}".format(
+                MAX_INPUT_SIDE, text
+            )
         )
     return dims[0], dims[1]
 
@@ -265,10 +268,10 @@ def export_command(
         ..., "--weights", help="PaddleDetection-layout YOLOv3 checkpoint (.pdparams).", show_default=False
     ),
     num_classes: int = typer.Option(
-        ..., "--num-classes", min=1, help="Number of classes the model detects.", show_default=False
+        ..., "--num-classes", min=1, max=10_000, help="Number of classes the model detects.", show_default=False
     ),
     input_size: str = typer.Option(
-        ..., "--input-size", help="Network input: S (square) or HxW, multiples of 32.", show_default=False
+        ..., "--input-size", help="Network input: S (square) or HxW, multiples of 32 up to 4096.", show_default=False
     ),
     out: Path = typer.Option(
         ..., "--out", help="Bundle file to write (e.g. NAME-VERSION.edgebundle).", show_default=False
@@ -276,7 +279,9 @@ def export_command(
     classes: Optional[str] = typer.Option(
         None, "--classes", help="Comma-separated class names in class-id order (default: class0..K-1)."
     ),
-    width: float = typer.Option(1.0, "--width", help="Channel width multiplier the checkpoint was trained with."),
+    width: float = typer.Option(
+        1.0, "--width", min=0.01, max=4.0, help="Channel width multiplier the checkpoint was trained with."
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Bundle name (default: yolov3_ARCH)."),
     version: str = typer.Option("0.1.0", "--version", help="Bundle version."),
 ) -> None:

@@ -20,6 +20,8 @@ INT8_METHODS = ("none", "ptq", "qat")
 RESIZE_MODES = ("stretch", "keep_ratio")
 INTERPOLATIONS = ("nearest", "linear", "cubic", "area")
 CHANNEL_ORDERS = ("RGB", "BGR")
+MAX_INPUT_SIDE = 4096
+"""Largest network input height or width, in pixels: a 4K camera frame fits."""
 
 
 def _fail(path: str, expected: str, value: Any) -> ManifestError:
