@@ -5,7 +5,7 @@
 WORKDIR is a folder `edge-sdk compress` / `edge-sdk demo` has run all stages in (train, prune,
 distill, int8); without it (or when its stages are missing) the recipe's pipeline runs there first
 (default workdir: bench-compression/). Every number comes from the stages' done-records (bundles run
-through device.pipeline.Detector on the val set) except "distillation helps": the distill stage runs
+through device.detector.Detector on the val set) except "distillation helps": the distill stage runs
 again in WORKDIR/bench-distill/ from the same pruned model, for the same epochs, lr and data, without
 the teacher (distill.weight 0) under --seeds seeds, and with it under the seeds the distill stage did
 not use, data parallel on 2 CPU processes like the demo; each run is exported and measured the same

@@ -31,7 +31,8 @@ if str(REPO) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from device.pipeline import Detector, Pipeline, predictor_fps  # noqa: E402
+from device.detector import Detector, predictor_fps  # noqa: E402
+from device.pipeline import Pipeline  # noqa: E402
 from device.sources import open_source  # noqa: E402
 
 CLASSES = ("missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper")

@@ -1,7 +1,7 @@
 """The accuracy budget: INT8 may lose at most `budget_points` of mAP@.5 against FP32, or it is refused.
 
 `quantize_within_budget` evaluates the FP32 program and each INT8 attempt with the robot's own code
-(`device.pipeline.Detector` on the CPU, oneDNN int8 kernels for INT8) and `edge_sdk.metrics` on the
+(`device.detector.Detector` on the CPU, oneDNN int8 kernels for INT8) and `edge_sdk.metrics` on the
 val set. When an attempt loses too much, the most sensitive layers are kept in float and PTQ runs
 again, up to `max_retries` times; then `AccuracyBudgetExceeded` (a RecipeError) says the loss, the
 budget and the layers that were kept in float.
@@ -153,7 +153,7 @@ def evaluate_model_dir(
 ) -> ModelEvaluation:
     """Run `manifest`'s precision of the program in model_dir with `Detector` on the CPU over `dataset`
     (every score kept) and score it with `edge_sdk.metrics.evaluate`. progress: called after each image."""
-    from device.pipeline import Detector
+    from device.detector import Detector
     from edge_sdk.metrics import evaluate
 
     detections: List[Detections] = []
@@ -209,7 +209,7 @@ class _StaticRunner:
     def __init__(self, model_dir: Path, manifest: Manifest, records: Sequence[ImageRecord]) -> None:
         import paddle
 
-        from device.pipeline import Preprocessor
+        from device.preprocess import Preprocessor
 
         self.paddle = paddle
         self.scope = paddle.static.Scope()
@@ -228,7 +228,7 @@ class _StaticRunner:
         self.num_classes = len(manifest.classes)
 
     def detect(self, program: Any) -> List[Detections]:
-        from device.pipeline import boxes_to_detections
+        from device.postprocess import boxes_to_detections
 
         out = []
         with self.paddle.static.scope_guard(self.scope):

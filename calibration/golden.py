@@ -55,7 +55,7 @@ def make_golden(
     """
     import cv2
 
-    from device.pipeline import Detector
+    from device.detector import Detector
 
     candidates = []
     with Detector(bundle, device="cpu") as detector:

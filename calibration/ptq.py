@@ -1,7 +1,7 @@
 """Post-training quantization (PTQ) of an exported program with PaddleSlim, on the workstation.
 
 `quantize_post_training` runs `paddleslim.quant.quant_post_static` over calibration images
-preprocessed exactly as the bundle's `InputSpec` says (`device.pipeline.Preprocessor`, the code the
+preprocessed exactly as the bundle's `InputSpec` says (`device.preprocess.Preprocessor`, the code the
 robot runs). With `onnx_format=True` the saved program carries quantize/dequantize ops with their
 scales and int8-stored weights: Paddle Inference runs it on the CPU with oneDNN int8
 (`enable_mkldnn_int8`) and Paddle-TensorRT reads its scales with `use_calib_mode=False`.
@@ -208,7 +208,7 @@ def calibration_loader(
     import cv2
     import paddle
 
-    from device.pipeline import Preprocessor
+    from device.preprocess import Preprocessor
 
     preprocess = Preprocessor(input_spec)
 

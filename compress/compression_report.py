@@ -89,7 +89,7 @@ def write_report(workdir: Path, metrics: Sequence[Any], bundle: Path, notes: Seq
                     _ratio(m.latency_ms, base.latency_ms),
                 )
             )
-    lines += ["", "mAP on the val set through device.pipeline.Detector (Paddle Inference, CPU); latency = median"]
+    lines += ["", "mAP on the val set through device.detector.Detector (Paddle Inference, CPU); latency = median"]
     lines += ["per image including pre- and postprocessing; bytes = the stage's .edgebundle file.", ""]
     lines += ["- " + note for note in notes]
     lines += ["", "![stages]({})".format(plot.name), ""]

@@ -1,5 +1,5 @@
 """The compress driver: data, then the recipe's stages (compress.stages: train -> prune -> distill -> int8,
-each cached in WORKDIR/<stage>/ and measured through device.pipeline.Detector, the code that ships), then
+each cached in WORKDIR/<stage>/ and measured through device.detector.Detector, the code that ships), then
 export: the last stage's bundle re-written with every stage's metrics, and WORKDIR/report.md + stages.png.
 
 Workdir layout: data/ (synthetic data, when the recipe asks for it), train/ (checkpoints, metrics.jsonl,
@@ -89,7 +89,7 @@ def _sha256_files(paths: List[Path]) -> str:
 def measure_bundle(
     bundle_path: Path, val_set: Any, threads: Optional[int] = None, latency_images: int = 20
 ) -> Dict[str, Any]:
-    """Run a bundle through device.pipeline.Detector (Paddle Inference) on every val image.
+    """Run a bundle through device.detector.Detector (Paddle Inference) on every val image.
 
     Returns map50, map (COCO, every score kept), latency_ms (median per image of the first
     `latency_images` images after one warm-up, preprocessing + inference + postprocessing, CPU),
@@ -97,7 +97,7 @@ def measure_bundle(
     """
     import cv2
 
-    from device.pipeline import Detector
+    from device.detector import Detector
     from edge_sdk.bundle import open_bundle
     from edge_sdk.metrics import evaluate
 

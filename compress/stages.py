@@ -7,7 +7,7 @@ the data sha256), so a re-run recomputes a stage only when one of those changed;
 recomputed changes its output hash, which invalidates every later stage.
 
 Each stage is measured the way the robot runs it: its model exported as a bundle (WORKDIR/<stage>/
-model.edgebundle) and run through device.pipeline.Detector (Paddle Inference on the CPU) on the val set:
+model.edgebundle) and run through device.detector.Detector (Paddle Inference on the CPU) on the val set:
 mAP@.5, mAP, median latency; FLOPs and parameters from the dygraph model; bytes = the bundle file's size.
 Every stage bundle is one that could be flashed: it carries export.golden_images golden images.
 
@@ -263,7 +263,7 @@ def golden_members(bundle: Any) -> Dict[str, bytes]:
 
 
 def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[float], params: Optional[float]) -> Any:
-    """(StageMetrics, per-class AP list) of `bundle` run through device.pipeline.Detector on the val set."""
+    """(StageMetrics, per-class AP list) of `bundle` run through device.detector.Detector on the val set."""
     from compress.pipeline import measure_bundle
     from edge_sdk.manifest import StageMetrics
 

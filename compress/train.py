@@ -449,7 +449,7 @@ def predict(
 
     from compress.export import InferenceModel
     from compress.transforms import preprocess_bgr
-    from device.pipeline import boxes_to_detections
+    from device.postprocess import boxes_to_detections
 
     was_training = net.training
     wrapper = InferenceModel(net, postprocess)

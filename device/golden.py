@@ -373,7 +373,7 @@ def _describe_miss(
 def check_golden(
     detector: Any, bundle: Any, golden: GoldenSet, iou: float = 0.9, score_tolerance: float = 0.05
 ) -> List[GoldenComparison]:
-    """Run `detector` (device.pipeline.Detector) on every golden image of `bundle` and compare.
+    """Run `detector` (device.detector.Detector) on every golden image of `bundle` and compare.
 
     Detects at score_threshold - score_tolerance so that boxes just below the threshold can still
     match; borderline boxes do not count (see compare_golden). Each result's pixels_match says

@@ -3,7 +3,7 @@
 `install_bundle` verifies a bundle completely before anything is switched (sha256 of every file,
 signature against the trusted keys, the manifest's target constraints against this robot, no
 downgrade), stores it (see `device.store` for the crash-consistent layout), points `active` at it
-in a pending state, runs the health check (the model loads in `device.pipeline.Detector`, the
+in a pending state, runs the health check (the model loads in `device.detector.Detector`, the
 golden images agree with the workstation's detections, a minimum FPS) and commits, or restores the
 previous version, records the failure and raises `InstallError` with a one-line reason.
 
@@ -332,7 +332,7 @@ def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> He
     except EdgeSdkError as exc:
         return report.fail("golden", str(exc))
 
-    from device.pipeline import Detector
+    from device.detector import Detector
 
     started = time.perf_counter()
     try:

@@ -1,10 +1,8 @@
-"""From frames to detections: manifest preprocessing, the detector, and the overlapped pipeline.
+"""The overlapped pipeline: source -> detector -> sinks.
 
-`Preprocessor` turns a BGR image into the three inputs of a PaddleDetection-style YOLOv3 export,
-exactly as the bundle's manifest says. `Detector` wraps the predictor built by `device.predictor`
-and returns `Detections` in source-image pixels. `Pipeline` drives source -> detector -> sinks with
-capture and preprocessing of frame n+1 running in their own thread while frame n is inferred
-(Paddle releases the GIL while it runs), and keeps per-stage latency statistics.
+`Pipeline` drives a source, a `device.detector.Detector` and sinks, with capture and preprocessing
+of frame n+1 running in their own thread while frame n is inferred (Paddle releases the GIL while
+it runs), and keeps per-stage latency statistics (`device.latency.LatencyRing`).
 """
 
 from __future__ import annotations
@@ -12,238 +10,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_sdk.detections import Detections, Frame
-from edge_sdk.errors import PredictorError
-from edge_sdk.manifest import InputSpec
+from device.detector import Detector
+from device.latency import LatencyRing
+from edge_sdk.detections import Frame
 
-MODEL_PROGRAM = "model/model.pdmodel"
-MODEL_PARAMS = "model/model.pdiparams"
 STAGES = ("preprocess", "inference", "postprocess", "sinks", "end_to_end")
-
-
-def _cv2_interpolation(name: str) -> int:
-    import cv2
-
-    return {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTER_AREA}[
-        name
-    ]
-
-
-class Preprocessor:
-    """BGR uint8 image (H, W, 3) -> {"image": [1,3,h,w] float32, "im_shape": [1,2], "scale_factor": [1,2]}.
-
-    (h, w) is the manifest's input size. stretch (PaddleDetection's Resize with keep_ratio false):
-    im_shape = (h, w), scale_factor = (h / H, w / W). keep_ratio: one scale s = min(h/H, w/W), the
-    resized image padded with zeros at the bottom/right after normalisation, im_shape = (h, w) and
-    scale_factor = (s, s), so the exported decoder still maps network pixels to source pixels.
-    Normalisation: channel order as the manifest says, x/255 when `scale`, then (x - mean) / std.
-    """
-
-    def __init__(self, spec: InputSpec) -> None:
-        self.spec = spec
-        self.height, self.width = (int(v) for v in spec.size)
-        mean = np.asarray(spec.mean, np.float32).reshape(1, 1, 3)
-        std = np.asarray(spec.std, np.float32).reshape(1, 1, 3)
-        # ((x / 255) - mean) / std folded into one multiply-add: x * gain + offset.
-        self.gain = (np.float32(1.0 / 255.0) if spec.scale else np.float32(1.0)) / std
-        self.offset = -mean / std
-        self.interpolation = _cv2_interpolation(spec.interpolation)
-
-    def __call__(self, image_bgr: np.ndarray) -> Dict[str, np.ndarray]:
-        import cv2
-
-        src_h, src_w = image_bgr.shape[:2]
-        if self.spec.resize_mode == "keep_ratio":
-            scale = min(self.height / src_h, self.width / src_w)
-            new_h = max(1, min(self.height, int(round(src_h * scale))))
-            new_w = max(1, min(self.width, int(round(src_w * scale))))
-            scale_factor = (scale, scale)
-        else:
-            new_h, new_w = self.height, self.width
-            scale_factor = (self.height / src_h, self.width / src_w)
-        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=self.interpolation)
-        if self.spec.channel_order == "RGB":
-            resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
-        pixels = np.multiply(resized, self.gain, dtype=np.float32)
-        pixels += self.offset
-        if (new_h, new_w) != (self.height, self.width):
-            padded = np.zeros((self.height, self.width, 3), np.float32)
-            padded[:new_h, :new_w] = pixels
-            pixels = padded
-        return {
-            "image": np.ascontiguousarray(pixels.transpose(2, 0, 1)[np.newaxis]),
-            "im_shape": np.array([[self.height, self.width]], np.float32),
-            "scale_factor": np.array([scale_factor], np.float32),
-        }
-
-
-def boxes_to_detections(
-    raw: np.ndarray,
-    image_height: int,
-    image_width: int,
-    min_score: float,
-    num_classes: int,
-    class_ids: Optional[Sequence[int]] = None,
-    frame_id: int = -1,
-    timestamp: float = 0.0,
-) -> Detections:
-    """PaddleDetection's boxes [M,6] (class, score, x1, y1, x2, y2) -> Detections clipped to the image.
-
-    Rows with a negative or out-of-range class (PaddleDetection's "no box" filler row), a score
-    below min_score, or no area left after clipping are dropped.
-    """
-    rows = np.asarray(raw, np.float32).reshape(-1, 6)
-    if rows.shape[0] == 0:
-        return Detections.empty(frame_id, timestamp)
-    classes = rows[:, 0]
-    keep = (classes >= 0) & (classes < num_classes) & (rows[:, 1] >= min_score) & np.all(np.isfinite(rows), axis=1)
-    if class_ids is not None:
-        keep &= np.isin(classes.astype(np.int64), np.asarray(list(class_ids), np.int64))
-    rows = rows[keep]
-    boxes = rows[:, 2:6].copy()
-    boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0.0, float(image_width))
-    boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0.0, float(image_height))
-    boxes[:, 2] = np.maximum(boxes[:, 2], boxes[:, 0])
-    boxes[:, 3] = np.maximum(boxes[:, 3], boxes[:, 1])
-    has_area = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return Detections(boxes[has_area], rows[has_area, 1], rows[has_area, 0].astype(np.int32), frame_id, timestamp)
-
-
-class Detector:
-    """A bundle's model behind Paddle Inference: BGR image in, Detections in source pixels out.
-
-    bundle: an opened `edge_sdk.bundle.Bundle`, or a path (opened, and closed by `close()`).
-    precision / device / dla_core / threads / cache_root: see `device.predictor.plan`.
-    class_ids: keep only these classes (None: all).
-    log: receives the plan's notes and the engine-build notice (None: silent).
-    """
-
-    def __init__(
-        self,
-        bundle: Any,
-        precision: Optional[str] = None,
-        device: str = "auto",
-        threads: Optional[int] = None,
-        dla_core: Optional[int] = None,
-        cache_root: Optional[Path] = None,
-        class_ids: Optional[Sequence[int]] = None,
-        environment: Any = None,
-        log: Optional[Callable[[str], None]] = None,
-        trusted_keys: Any = None,
-    ) -> None:
-        from device import predictor as predictor_module
-
-        self._owned_bundle = None
-        if isinstance(bundle, (str, Path)):
-            from edge_sdk.bundle import open_bundle
-
-            bundle = open_bundle(bundle, trusted_keys=trusted_keys)
-            self._owned_bundle = bundle
-        self.bundle = bundle
-        self.manifest = bundle.manifest
-        self.classes = tuple(self.manifest.classes)
-        self.class_ids = None if class_ids is None else tuple(int(c) for c in class_ids)
-        env = environment if environment is not None else predictor_module.probe_environment()
-        try:
-            self.plan = predictor_module.plan(
-                self.manifest,
-                env,
-                precision=precision,
-                device=device,
-                dla_core=dla_core,
-                threads=threads,
-                cache_root=cache_root,
-                bundle_sha256=getattr(bundle, "sha256", None),
-            )
-            self.predictor = predictor_module.apply_plan(
-                self.plan, (bundle.path_of(MODEL_PROGRAM), bundle.path_of(MODEL_PARAMS)), log
-            )
-        except BaseException:
-            self.close()
-            raise
-        self.preprocessor = Preprocessor(self.manifest.input)
-        self.input_names = list(self.predictor.get_input_names())
-        self.output_names = list(self.predictor.get_output_names())
-        self._input_handles = {name: self.predictor.get_input_handle(name) for name in self.input_names}
-        self._input_shapes: Dict[str, Tuple[int, ...]] = {}
-        self._output_handle = self.predictor.get_output_handle(self.output_names[0])
-
-    def preprocess(self, image_bgr: np.ndarray) -> Dict[str, np.ndarray]:
-        """See `Preprocessor`: the inputs for one (H, W, 3) uint8 BGR image."""
-        return self.preprocessor(image_bgr)
-
-    def infer(self, inputs: Dict[str, np.ndarray]) -> np.ndarray:
-        """Run the predictor; returns PaddleDetection's boxes [M,6] (class, score, x1, y1, x2, y2)."""
-        for name, handle in self._input_handles.items():
-            if name not in inputs:
-                raise PredictorError(
-                    "the bundle's program wants an input {!r} the preprocessor does not make".format(name)
-                )
-            array = inputs[name]
-            if self._input_shapes.get(name) != array.shape:
-                handle.reshape(list(array.shape))
-                self._input_shapes[name] = array.shape
-            handle.copy_from_cpu(array)
-        self.predictor.run()
-        return self._output_handle.copy_to_cpu()
-
-    def postprocess(
-        self,
-        raw: np.ndarray,
-        image_height: int,
-        image_width: int,
-        score_threshold: Optional[float] = None,
-        frame_id: int = -1,
-        timestamp: float = 0.0,
-    ) -> Detections:
-        threshold = self.manifest.postprocess.score_threshold if score_threshold is None else float(score_threshold)
-        return boxes_to_detections(
-            raw, image_height, image_width, threshold, len(self.classes), self.class_ids, frame_id, timestamp
-        )
-
-    def detect(
-        self, image_bgr: np.ndarray, score_threshold: Optional[float] = None, frame_id: int = -1, timestamp: float = 0.0
-    ) -> Detections:
-        """Detections in `image_bgr` (H, W, 3 uint8) pixels. score_threshold None: the manifest's; 0.0 keeps all."""
-        raw = self.infer(self.preprocess(image_bgr))
-        height, width = image_bgr.shape[:2]
-        return self.postprocess(raw, height, width, score_threshold, frame_id, timestamp)
-
-    def close(self) -> None:
-        """Release the predictor and the bundle's staging folder if this Detector opened it."""
-        self.predictor = None
-        if self._owned_bundle is not None:
-            self._owned_bundle.close()
-            self._owned_bundle = None
-
-    def __enter__(self) -> Detector:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class LatencyRing:
-    """The last `size` samples of one stage's latency in milliseconds; p50/p99 over them."""
-
-    def __init__(self, size: int = 256) -> None:
-        self.samples: deque = deque(maxlen=size)
-
-    def add(self, milliseconds: float) -> None:
-        self.samples.append(float(milliseconds))
-
-    def percentile(self, q: float) -> Optional[float]:
-        if not self.samples:
-            return None
-        return float(np.percentile(np.fromiter(self.samples, np.float64), q))
-
-    def summary(self) -> Dict[str, Optional[float]]:
-        return {"p50": self.percentile(50), "p99": self.percentile(99)}
 
 
 _END = object()
@@ -472,30 +247,3 @@ class Pipeline:
         if self.telemetry is not None:
             stats.update(self.telemetry.latest().to_stats())
         return stats
-
-
-def predictor_fps(detector: Detector, image_bgr: np.ndarray, frames: int = 50, warmup: int = 5) -> Tuple[float, float]:
-    """Predictor-only speed on one preprocessed image: (frames per second, median ms per frame)."""
-    inputs = detector.preprocess(image_bgr)
-    for _ in range(warmup):
-        detector.infer(inputs)
-    durations: List[float] = []
-    started = time.perf_counter()
-    for _ in range(frames):
-        t0 = time.perf_counter()
-        detector.infer(inputs)
-        durations.append(time.perf_counter() - t0)
-    total = time.perf_counter() - started
-    return frames / total, float(np.median(durations) * 1000.0)
-
-
-def source_image(path: Union[str, Path]) -> np.ndarray:
-    """Read an image file as BGR uint8 or raise SourceError."""
-    import cv2
-
-    from edge_sdk.errors import SourceError
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SourceError("cannot read image {}".format(path))
-    return image

@@ -245,7 +245,8 @@ def run(
     options: RunOptions, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)
 ) -> Dict[str, Any]:
     """Run until the source ends, --max-frames, or SIGINT/SIGTERM; returns the final pipeline stats."""
-    from device.pipeline import Detector, Pipeline
+    from device.detector import Detector
+    from device.pipeline import Pipeline
     from device.sources import check_source
     from device.telemetry import Telemetry
 
@@ -390,7 +391,8 @@ def bench_bundle(
     read as fast as the pipeline takes frames, preprocessing overlapped with inference) on the same
     bundle. Returns plan, predictor_fps, predictor_ms, pipeline_fps, ratio, e2e_p50_ms, e2e_p99_ms,
     dropped, and the pipeline's latency_ms per stage."""
-    from device.pipeline import Detector, Pipeline, predictor_fps
+    from device.detector import Detector, predictor_fps
+    from device.pipeline import Pipeline
     from device.sources import open_source
 
     with Detector(bundle, precision=precision, device=device, dla_core=dla_core, threads=threads) as detector:

@@ -55,7 +55,7 @@ def _health(path, folder):
 
 
 def test_make_golden_writes_jpegs_and_detections_on_their_decoded_pixels(jpeg_golden, tiny_bundle, tmp_path):
-    from device.pipeline import Detector
+    from device.detector import Detector
 
     assert sorted(jpeg_golden) == ["calibration/golden.json", "calibration/golden/0.jpg", "calibration/golden/1.jpg"]
     assert all(jpeg_golden["calibration/golden/{}.jpg".format(i)].startswith(b"\xff\xd8\xff") for i in range(2))
@@ -100,8 +100,8 @@ def test_tampered_reference_fails_the_health_check_with_the_reason(jpeg_golden, 
 
 def test_a_golden_jpeg_decoding_to_other_pixels_is_named(jpeg_golden, tiny_bundle, tmp_path):
     """Stands in for a robot whose JPEG decoder differs: the image is re-encoded, so its pixels change."""
+    from device.detector import Detector
     from device.golden import encode_golden_image
-    from device.pipeline import Detector
 
     changed = dict(jpeg_golden)
     changed["calibration/golden/1.jpg"] = encode_golden_image(
@@ -117,7 +117,7 @@ def test_a_golden_jpeg_decoding_to_other_pixels_is_named(jpeg_golden, tiny_bundl
 def test_old_png_golden_set_still_passes(tiny_bundle, pcb_data, tmp_path):
     import cv2
 
-    from device.pipeline import Detector
+    from device.detector import Detector
 
     images = [cv2.imread(str(r.path), cv2.IMREAD_COLOR) for r in pick_golden_records(pcb_data[1].images, 2)]
     with Detector(tiny_bundle, device="cpu") as detector:

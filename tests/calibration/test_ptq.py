@@ -22,7 +22,7 @@ from tests.conftest import TINY_INPUT_SIZE
 
 
 def test_int8_program_runs_on_cpu_with_onednn_int8_and_is_small(int8_dir, tiny_model_dir, tiny_manifest, pcb_data):
-    from device.pipeline import Detector
+    from device.detector import Detector
 
     ratio = (int8_dir / PARAMS_FILE).stat().st_size / (tiny_model_dir / PARAMS_FILE).stat().st_size
     print("INT8 / FP32 params size ratio: {:.3f}".format(ratio))

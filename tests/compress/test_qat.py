@@ -21,7 +21,7 @@ def test_qat_fine_tunes_a_copy_and_exports_an_int8_program(
 ):
     from calibration.budget import ModelDirBundle, int8_manifest
     from compress.qat import QATSection, quantize_aware_train
-    from device.pipeline import Detector
+    from device.detector import Detector
     from edge_sdk.manifest import Quantization
 
     before = {k: v.numpy().copy() for k, v in tiny_model.state_dict().items()}

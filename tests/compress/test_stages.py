@@ -118,7 +118,7 @@ def test_ptq_over_budget_falls_back_to_qat_and_a_qat_miss_is_one_line(finished, 
 
     from calibration.budget import detections_as_dataset
     from compress.stages import make_context, run_stages
-    from device.pipeline import Detector
+    from device.detector import Detector
     from edge_sdk.bundle import open_bundle
 
     source, _ = finished

@@ -106,7 +106,7 @@ def keys(tmp_path_factory):
 @pytest.fixture(scope="module")
 def golden_samples(tiny_bundle):
     """Two images and the tiny model's detections on them (what the workstation would record)."""
-    from device.pipeline import Detector
+    from device.detector import Detector
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(2)]

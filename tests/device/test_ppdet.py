@@ -90,7 +90,7 @@ def test_bad_infer_cfg_names_the_problem(tmp_path, old, new, message):
 
 
 def test_imported_export_runs_like_the_native_bundle(ppdet_export, tiny_bundle, tmp_path):
-    from device.pipeline import Detector
+    from device.detector import Detector
     from edge_sdk.bundle import open_bundle
 
     out = import_ppdet(ppdet_export, tmp_path / "pcb.edgebundle", version="1.2.0")
