@@ -19,7 +19,15 @@ from typing import Dict, Sequence
 
 from edge_sdk.errors import SinkError
 
-from . import protocol
+from .protocol import (
+    MAX_DETECTIONS,
+    Message,
+    detections_message,
+    encode_message,
+    format_text,
+    heartbeat_message,
+    status_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +74,7 @@ class SerialSink:
         write_timeout: float = 0.5,
         reconnect_min: float = 0.5,
         reconnect_max: float = 5.0,
-        max_detections: int = protocol.MAX_DETECTIONS,
+        max_detections: int = MAX_DETECTIONS,
         max_queued_status: int = 32,
     ) -> None:
         if mode not in SERIAL_MODES:
@@ -188,16 +196,16 @@ class SerialSink:
             return ("detections",) + pending
         return None
 
-    def _build(self, item, seq: int) -> protocol.Message:
+    def _build(self, item, seq: int) -> Message:
         kind = item[0]
         if kind == "detections":
             _, detections, width, height = item
-            return protocol.detections_message(seq, detections, width, height, self.max_detections)
+            return detections_message(seq, detections, width, height, self.max_detections)
         if kind == "heartbeat":
             _, stamp, stats, frame_id = item
-            return protocol.heartbeat_message(seq, stamp, stamp - self._started, stats, frame_id)
+            return heartbeat_message(seq, stamp, stamp - self._started, stats, frame_id)
         _, stamp, state, reason, frame_id = item
-        return protocol.status_message(seq, stamp, state, reason, frame_id)
+        return status_message(seq, stamp, state, reason, frame_id)
 
     def _send(self, item) -> None:
         import serial
@@ -207,11 +215,11 @@ class SerialSink:
             return
         message = self._build(item, self._seq)
         if self.mode == "binary":
-            data = protocol.encode_message(message)
+            data = encode_message(message)
             if self._need_delimiter:
                 data = b"\x00" + data
         else:
-            data = (protocol.format_text(message, self.classes) + "\n").encode("utf-8")
+            data = (format_text(message, self.classes) + "\n").encode("utf-8")
         self._seq = (self._seq + 1) & 0xFFFF
         try:
             self._port.write(data)
