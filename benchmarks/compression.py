@@ -105,8 +105,8 @@ def main() -> int:
     parser.add_argument("--quiet", action="store_true", help="Hide the stages' progress lines.")
     args = parser.parse_args()
 
+    from compress.config import load_recipe
     from compress.pipeline import run
-    from compress.recipe import load_recipe
     from compress.stages import StageStore
 
     recipe = load_recipe(args.recipe)

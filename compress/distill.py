@@ -32,24 +32,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from compress.config import DistillSection
 from edge_sdk.errors import DataError
-
-
-@dataclass(frozen=True)
-class DistillSection:
-    """Recipe section `distill`: total loss = detection loss + weight x output distillation
-    + feature_weight x neck-feature MSE, fine-tuning the pruned student for `epochs`."""
-
-    weight: float = field(default=1.0, metadata={"minimum": 0.0})
-    feature_weight: float = field(default=0.0, metadata={"minimum": 0.0})
-    epochs: int = field(default=20, metadata={"minimum": 1})
 
 
 def _soft_bce(logits: paddle.Tensor, target_prob: paddle.Tensor) -> paddle.Tensor:
@@ -217,7 +208,7 @@ def finetune(
     """Fine-tune `student` in place on `train_records` for `epochs` with the detection loss, plus
     `distill.weight` x distillation from `teacher` when both are given.
 
-    train_cfg: a compress.recipe.TrainSection (batch size, accumulation, AMP on a GPU, optimizer,
+    train_cfg: a compress.config.TrainSection (batch size, accumulation, AMP on a GPU, optimizer,
     augmentation, EMA, loss); the schedule is cosine from train_cfg.lr with at most one epoch of
     warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated (mAP@.5 and
     mAP) at the end. progress(epoch, losses) after each epoch. Ctrl-C raises KeyboardInterrupt at the

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from compress.recipe import Recipe
+from compress.config import Recipe
 from edge_sdk.errors import DataError
 
 DATA_STAMP = "synthetic.json"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -28,11 +28,11 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from compress.config import DEFAULT_PRUNE_RATIOS, PruneSection
 from compress.flops import model_flops
 from edge_sdk.errors import DataError, RecipeError
 
 HEAD_OUTPUT_PREFIX = "yolo_head.yolo_output."
-DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 PLAN_VERSION = 1
 _TOLERANCE = 0.05  # prune_to_target lands pruned/unpruned FLOPs in [target - tolerance, target]
 _SLIM_LOGGERS = (
@@ -43,27 +43,6 @@ _SLIM_LOGGERS = (
     "paddleslim.core.graph_wrapper",
     "paddleslim.core.dygraph",
 )
-
-
-@dataclass(frozen=True)
-class PruneSection:
-    """Recipe section `prune`.
-
-    flops_reduction: pruned FLOPs <= this fraction of the unpruned model's (0.5 halves them).
-    ratios: pruning ratios at which each group's sensitivity is measured (the highest is also the
-    most a group is ever pruned). val_images: size of the val subset for the sensitivity scan
-    (0 = whole val set). channel_multiple: remaining channel counts are rounded to this multiple
-    (8 suits TensorRT's FP16/INT8 kernels; 1 = no rounding). epochs: fine-tuning after pruning
-    (with distillation when the `distill` stage runs).
-    """
-
-    flops_reduction: float = field(default=0.5, metadata={"minimum": 0.05, "maximum": 0.95})
-    ratios: List[float] = field(
-        default_factory=lambda: list(DEFAULT_RATIOS), metadata={"minimum": 0.01, "maximum": 0.95}
-    )
-    val_images: int = field(default=50, metadata={"minimum": 0})
-    channel_multiple: int = field(default=8, metadata={"minimum": 1})
-    epochs: int = field(default=20, metadata={"minimum": 0})
 
 
 @dataclass(frozen=True)
@@ -266,7 +245,7 @@ def prune_to_target(
     if not pruner.groups:
         raise RecipeError("the model has no prunable convolution group")
     flops_before = model_flops(pruned, input_size)
-    grid = sorted({float(r) for losses in (sensitivities or {}).values() for r in losses}) or list(DEFAULT_RATIOS)
+    grid = sorted({float(r) for losses in (sensitivities or {}).values() for r in losses}) or list(DEFAULT_PRUNE_RATIOS)
     cap = float(max_ratio) if max_ratio is not None else max(grid)
     curves = {}
     for group in pruner.groups:

@@ -21,30 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import paddle
 import paddle.nn as nn
 
+from compress.config import QATSection
 from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import DataError
 from edge_sdk.manifest import Postprocess
-from edge_sdk.schema import checked
-
-WEIGHT_QUANTIZE_TYPES = ("channel_wise_abs_max", "abs_max")
-ACTIVATION_QUANTIZE_TYPES = ("moving_average_abs_max", "range_abs_max", "abs_max")
-
-
-@dataclass(frozen=True)
-class QATSection:
-    """The recipe's `qat` section. epochs: fine-tuning epochs; lr: constant after `warmup_steps` linear
-    steps (a fraction of the training lr: the model is already trained); batch_size: images per step."""
-
-    epochs: int = checked(3, minimum=1)
-    lr: float = checked(0.0001, minimum=0.0)
-    warmup_steps: int = checked(20, minimum=0)
-    batch_size: int = checked(8, minimum=1)
-    momentum: float = checked(0.9, minimum=0.0, maximum=1.0)
-    weight_decay: float = checked(0.0005, minimum=0.0)
-    weight_quantize_type: str = checked("channel_wise_abs_max", choices=WEIGHT_QUANTIZE_TYPES)
-    activation_quantize_type: str = checked("moving_average_abs_max", choices=ACTIVATION_QUANTIZE_TYPES)
-    max_boxes: int = checked(50, minimum=1)
-    seed: int = 0
 
 
 @dataclass

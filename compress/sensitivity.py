@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 import paddle.nn as nn
 
-from compress.prune import DEFAULT_RATIOS, ChannelPruner
+from compress.config import DEFAULT_PRUNE_RATIOS
+from compress.prune import ChannelPruner
 from edge_sdk.errors import DataError
 from edge_sdk.fileio import atomic_write_text, fsync_and_replace, temp_path_for
 
@@ -74,7 +75,7 @@ def sensitivity(
     model: nn.Layer,
     eval_fn: Callable[[nn.Layer], Optional[float]],
     input_size: Tuple[int, int],
-    ratios: Sequence[float] = DEFAULT_RATIOS,
+    ratios: Sequence[float] = DEFAULT_PRUNE_RATIOS,
     cache_path: Optional[Union[str, Path]] = None,
     val_key: str = "",
     plot_path: Optional[Union[str, Path]] = None,

@@ -56,7 +56,7 @@ SECTIONS = {
 
 
 def section_of(recipe: Any, name: str) -> Any:
-    """The recipe's section `name` (a compress.recipe.Recipe field)."""
+    """The recipe's section `name` (a compress.config.Recipe field)."""
     return getattr(recipe, name)
 
 
@@ -372,7 +372,7 @@ def post_finished(workdir: Path) -> None:
 def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
     """The other ranks: run rank 0's fine-tuning jobs in order, data parallel, until it posts FINISHED_FILE.
     Returns the number of jobs run."""
-    from compress.distill import DistillSection
+    from compress.config import DistillSection
     from compress.train import distributed, load_trained
 
     rank, world = distributed()

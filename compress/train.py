@@ -23,8 +23,8 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from compress.config import Recipe
 from compress.loss import YOLOv3Loss
-from compress.recipe import Recipe
 from edge_sdk.data.dataset import Dataset, ImageRecord
 from edge_sdk.errors import DataError, RecipeError
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import paddle
 
-from compress.recipe import AugmentSection
+from compress.config import AugmentSection
 from edge_sdk.data.dataset import ImageRecord
 from edge_sdk.errors import DataError
 

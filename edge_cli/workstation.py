@@ -125,7 +125,7 @@ def _run_pipeline(
     from rich.console import Console
 
     from compress.pipeline import run
-    from compress.recipe import load_recipe
+    from compress.config import load_recipe
     from compress.train import TrainingInterrupted
 
     console = Console(stderr=True)

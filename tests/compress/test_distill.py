@@ -9,7 +9,8 @@ import edge_sdk  # noqa: F401  (zlib before paddle)
 
 paddle = pytest.importorskip("paddle")
 
-from compress.distill import DistillationLoss, Distiller, DistillSection, finetune  # noqa: E402
+from compress.config import DistillSection  # noqa: E402
+from compress.distill import DistillationLoss, Distiller, finetune  # noqa: E402
 from compress.models import build_yolov3  # noqa: E402
 
 NUM_CLASSES = 3
@@ -102,7 +103,7 @@ def test_a_few_distillation_steps_reduce_the_distillation_loss():
 
 
 def test_finetune_with_a_teacher_runs_and_reports_both_losses(tmp_path):
-    from compress.recipe import TrainSection
+    from compress.config import TrainSection
     from edge_sdk.data.coco import load_coco
     from edge_sdk.data.synth import synthesize
 
@@ -147,7 +148,7 @@ def _student(num_classes):
 
 
 def test_finetune_steps_with_the_distillation_loss_and_accumulates(tmp_path):
-    from compress.recipe import TrainSection
+    from compress.config import TrainSection
 
     train_set, teacher = _finetune_setup(tmp_path)
     classes = len(train_set.classes)
@@ -188,7 +189,7 @@ def test_finetune_steps_with_the_distillation_loss_and_accumulates(tmp_path):
 
 
 def test_finetune_stops_on_a_non_finite_loss(tmp_path):
-    from compress.recipe import TrainSection
+    from compress.config import TrainSection
     from edge_sdk.errors import DataError
 
     train_set, teacher = _finetune_setup(tmp_path, images=4)
@@ -207,7 +208,7 @@ def test_ctrl_c_stops_finetuning_even_where_an_exception_would_be_swallowed(tmp_
     import os
     import signal
 
-    from compress.recipe import TrainSection
+    from compress.config import TrainSection
 
     train_set, teacher = _finetune_setup(tmp_path, images=4)
     cfg = TrainSection(batch_size=4, lr=1e-3, warmup_steps=0, ema=False, amp=False, num_workers=0)

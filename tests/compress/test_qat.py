@@ -20,7 +20,8 @@ def test_qat_fine_tunes_a_copy_and_exports_an_int8_program(
     tiny_model, tiny_model_dir, tiny_manifest_for_qat, pcb_train, tmp_path
 ):
     from calibration.budget import ModelDirBundle, int8_manifest
-    from compress.qat import QATSection, quantize_aware_train
+    from compress.config import QATSection
+    from compress.qat import quantize_aware_train
     from device.detector import Detector
     from edge_sdk.manifest import Quantization
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress.recipe import Recipe, load_recipe, recipe_from_dict
+from compress.config import Recipe, load_recipe, recipe_from_dict
 from edge_sdk.errors import RecipeError
 
 RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yml"))

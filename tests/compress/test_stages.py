@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.recipe import recipe_from_dict
+from compress.config import recipe_from_dict
 from edge_sdk.errors import RecipeError
 
 STAGES = ["train", "prune", "distill", "int8", "export"]

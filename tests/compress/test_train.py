@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 import edge_sdk  # noqa: F401
+from compress.config import recipe_from_dict
 from compress.loss import YOLOv3Loss
-from compress.recipe import recipe_from_dict
 from compress.train import (
     LAST_CHECKPOINT,
     METRICS_FILE,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import edge_sdk  # noqa: F401
-from compress.recipe import AugmentSection
+from compress.config import AugmentSection
 from compress.transforms import DetectionDataset, MultiScaleBatchSampler, crop, expand, flip, make_loader
 
 

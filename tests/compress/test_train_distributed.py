@@ -182,7 +182,7 @@ def _worker(data_dir: str, out_dir: str) -> None:
     import paddle
 
     import edge_sdk  # noqa: F401
-    from compress.recipe import recipe_from_dict
+    from compress.config import recipe_from_dict
     from compress.train import train
 
     recipe = recipe_from_dict(

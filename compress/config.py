@@ -1,5 +1,7 @@
 """The recipe: the YAML a user writes for `edge-sdk compress`, typed and validated on load.
 
+`Recipe` and every one of its sections live here, so that the modules doing the work (train, prune,
+distill, qat, calibration) import their settings from this leaf module and never from each other.
 Every section is a frozen dataclass; a field's type and its constraints (`edge_sdk.schema.checked`:
 minimum, maximum, choices, multiple_of) drive one generic validator (`edge_sdk.schema.Schema`), so a new stage (prune, distill, quantize) is
 a new dataclass and a new field of `Recipe`. Errors name the field::
@@ -16,15 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from calibration.config import Int8Section
-from compress.distill import DistillSection
-from compress.prune import PruneSection
-from compress.qat import QATSection
+from calibration.config import PTQ_ALGOS
 from edge_sdk.errors import RecipeError
 from edge_sdk.schema import Schema, checked, to_plain
 
 ARCHS = ("mobilenet_v1", "darknet53", "mobilenet_v3_large")
 STAGES = ("train", "prune", "distill", "int8", "export")
+DEFAULT_PRUNE_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+WEIGHT_QUANTIZE_TYPES = ("channel_wise_abs_max", "abs_max")
+ACTIVATION_QUANTIZE_TYPES = ("moving_average_abs_max", "range_abs_max", "abs_max")
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,77 @@ class OutputSection:
 
     name: str = "yolov3"
     version: str = "0.1.0"
+
+
+@dataclass(frozen=True)
+class PruneSection:
+    """Recipe section `prune`.
+
+    flops_reduction: pruned FLOPs <= this fraction of the unpruned model's (0.5 halves them).
+    ratios: pruning ratios at which each group's sensitivity is measured (the highest is also the
+    most a group is ever pruned). val_images: size of the val subset for the sensitivity scan
+    (0 = whole val set). channel_multiple: remaining channel counts are rounded to this multiple
+    (8 suits TensorRT's FP16/INT8 kernels; 1 = no rounding). epochs: fine-tuning after pruning
+    (with distillation when the `distill` stage runs).
+    """
+
+    flops_reduction: float = checked(0.5, minimum=0.05, maximum=0.95)
+    ratios: List[float] = checked(list(DEFAULT_PRUNE_RATIOS), minimum=0.01, maximum=0.95)
+    val_images: int = checked(50, minimum=0)
+    channel_multiple: int = checked(8, minimum=1)
+    epochs: int = checked(20, minimum=0)
+
+
+@dataclass(frozen=True)
+class DistillSection:
+    """Recipe section `distill`: total loss = detection loss + weight x output distillation
+    + feature_weight x neck-feature MSE, fine-tuning the pruned student for `epochs`."""
+
+    weight: float = checked(1.0, minimum=0.0)
+    feature_weight: float = checked(0.0, minimum=0.0)
+    epochs: int = checked(20, minimum=1)
+
+
+@dataclass(frozen=True)
+class Int8Section:
+    """INT8 calibration.
+
+    calibration_images: how many images `select_calibration_set` picks from the training set;
+    seed, brightness_bins, size_bins: its selection. algo: PTQ algorithm. batch_size: calibration
+    batch. budget_map50: the most mAP@.5 (in points, 1.0 = 0.01 mAP) INT8 may lose against FP32 on
+    the val set. max_retries: attempts after the first, each keeping `layers_per_retry` more of the
+    most sensitive layers in float. sensitivity_images: val images the per-layer sensitivity is
+    measured on. fallback: what to do when PTQ stays over budget: "fail" or "qat" (see compress.qat).
+    """
+
+    calibration_images: int = checked(64, minimum=1)
+    seed: int = checked(0, minimum=0)
+    brightness_bins: int = checked(4, minimum=1)
+    size_bins: int = checked(4, minimum=1)
+    algo: str = checked("KL", choices=PTQ_ALGOS)
+    batch_size: int = checked(8, minimum=1)
+    budget_map50: float = checked(1.0, minimum=0.0, maximum=100.0)
+    max_retries: int = checked(3, minimum=0)
+    layers_per_retry: int = checked(2, minimum=1)
+    sensitivity_images: int = checked(16, minimum=1)
+    fallback: str = checked("fail", choices=("fail", "qat"))
+
+
+@dataclass(frozen=True)
+class QATSection:
+    """The recipe's `qat` section. epochs: fine-tuning epochs; lr: constant after `warmup_steps` linear
+    steps (a fraction of the training lr: the model is already trained); batch_size: images per step."""
+
+    epochs: int = checked(3, minimum=1)
+    lr: float = checked(0.0001, minimum=0.0)
+    warmup_steps: int = checked(20, minimum=0)
+    batch_size: int = checked(8, minimum=1)
+    momentum: float = checked(0.9, minimum=0.0, maximum=1.0)
+    weight_decay: float = checked(0.0005, minimum=0.0)
+    weight_quantize_type: str = checked("channel_wise_abs_max", choices=WEIGHT_QUANTIZE_TYPES)
+    activation_quantize_type: str = checked("moving_average_abs_max", choices=ACTIVATION_QUANTIZE_TYPES)
+    max_boxes: int = checked(50, minimum=1)
+    seed: int = 0
 
 
 @dataclass(frozen=True)
