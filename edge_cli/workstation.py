@@ -69,7 +69,7 @@ def _relaunch(gpus: str, workdir: Path, recipe_path: Path, data: Optional[Path],
     import tempfile
 
     from compress.pipeline import prepare_data
-    from compress.recipe import load_recipe
+    from compress.config import load_recipe
     from edge_cli.launcher import check_cuda_devices, run_launcher
     from edge_sdk.errors import RecipeError
 
