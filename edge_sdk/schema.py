@@ -24,12 +24,21 @@ MISSING: Any = dataclasses.MISSING
 def checked(
     default: Any = MISSING,
     *,
+    default_factory: Any = MISSING,
     minimum: Optional[float] = None,
     maximum: Optional[float] = None,
     choices: Optional[Sequence[str]] = None,
     multiple_of: Optional[int] = None,
+    allow_empty: bool = False,
+    required: bool = False,
 ) -> Any:
-    """A dataclass field with a default (lists and dicts are copied per instance) and constraints for `Schema.load`."""
+    """A dataclass field with a default and the constraints `Schema.load` checks.
+
+    default: lists and dicts are copied per instance. minimum / maximum: inclusive bounds of a number
+    (of each item of a list). choices: the allowed strings. multiple_of: an integer's step.
+    allow_empty: a string may be "". required: the document must give the field even though code
+    constructing the dataclass may leave it out.
+    """
     meta = {
         key: value
         for key, value in (
@@ -37,12 +46,16 @@ def checked(
             ("maximum", maximum),
             ("choices", tuple(choices) if choices is not None else None),
             ("multiple_of", multiple_of),
+            ("allow_empty", allow_empty or None),
+            ("required", required or None),
         )
         if value is not None
     }
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)
+        default_factory = lambda: type(value)(value)  # noqa: E731
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -61,7 +74,8 @@ class Schema:
     error: the exception type raised (one line naming the field). aliases: common wrong field names
     mapped to the right one, suggested when an unknown field is close to an alias. skip: field names
     that are not part of the document (set in code after loading). root: what the document is called
-    in an error about the root itself.
+    in an error about the root itself. prefix: put before the field name in every error.
+    ignore_unknown: fields the dataclass does not have are left out instead of refused.
     """
 
     def __init__(
@@ -70,9 +84,13 @@ class Schema:
         aliases: Optional[Mapping[str, str]] = None,
         skip: Iterable[str] = (),
         root: str = "document",
+        prefix: str = "",
+        ignore_unknown: bool = False,
     ) -> None:
         self.error = error
         self.root = root
+        self.prefix = prefix
+        self.ignore_unknown = ignore_unknown
         self.aliases = dict(aliases or {})
         self.skip = frozenset(skip)
 
@@ -84,18 +102,29 @@ class Schema:
         if data is None:
             data = {}
         if not isinstance(data, dict):
-            raise self.error("{}: expected a mapping of fields, got {!r}".format(path or self.root, data))
+            raise self._fail(path or self.root, "a mapping of fields", data)
         hints = typing.get_type_hints(cls)
         known = [f.name for f in dataclasses.fields(cls) if f.name not in self.skip]
         for key in data:
-            if key not in known:
-                raise self.error("{}: unknown field{}".format(_join(path, key), self._suggest(str(key), known)))
+            if key not in known and not self.ignore_unknown:
+                raise self.error(
+                    "{}{}: unknown field{}".format(self.prefix, _join(path, key), self._suggest(str(key), known))
+                )
         kwargs = {}
         for f in dataclasses.fields(cls):
-            if f.name in self.skip or f.name not in data:
+            if f.name in self.skip:
                 continue
-            kwargs[f.name] = self._convert(data[f.name], hints[f.name], _join(path, f.name), dict(f.metadata))
+            where = _join(path, f.name)
+            if f.name not in data:
+                has_default = f.default is not MISSING or f.default_factory is not MISSING
+                if f.metadata.get("required") or not has_default:
+                    raise self.error("{}{} is missing".format(self.prefix, where))
+                continue
+            kwargs[f.name] = self._convert(data[f.name], hints[f.name], where, dict(f.metadata))
         return cls(**kwargs)
+
+    def _fail(self, path: str, expected: str, value: Any, hint: str = "") -> Exception:
+        return self.error("{}{}: expected {}, got {!r}{}".format(self.prefix, path, expected, value, hint))
 
     def _suggest(self, key: str, known: List[str]) -> str:
         hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -111,22 +140,38 @@ class Schema:
             return self._convert_union(value, args, path, meta)
         if dataclasses.is_dataclass(tp):
             return self.load(tp, value, path)
-        if origin in (list, List, tuple, Tuple):
-            if not isinstance(value, list):
-                raise self.error("{}: expected a list, got {!r}".format(path, value))
-            item_tp = args[0] if args else Any
-            return [self._convert(v, item_tp, "{}[{}]".format(path, i), meta) for i, v in enumerate(value)]
+        if origin in (list, List):
+            return self._convert_items(value, [args[0] if args else Any], path, meta, list)
+        if origin in (tuple, Tuple):
+            fixed = args and args[-1] is not Ellipsis
+            return self._convert_items(value, list(args) if fixed else [args[0] if args else Any], path, meta, tuple)
+        if origin in (dict, Dict):
+            if not isinstance(value, dict):
+                raise self._fail(path, "a mapping", value)
+            item_tp = args[1] if args else Any
+            return {k: self._convert(v, item_tp, _join(path, k), meta) for k, v in value.items()}
         if tp is bool:
             if not isinstance(value, bool):
-                raise self.error("{}: expected true or false, got {!r}".format(path, value))
+                raise self._fail(path, "true or false", value)
             return value
         if tp is int or tp is float:
             return self._check_number(value, path, tp is int, meta)
         if tp is str:
-            return self._check_string(value, path, meta.get("choices"))
+            return self._check_string(value, path, meta)
         if tp is Any:
             return value
         raise TypeError("unsupported schema field type {!r} at {}".format(tp, path))
+
+    def _convert_items(self, value: Any, item_tps: List[Any], path: str, meta: Dict[str, Any], kind: type) -> Any:
+        """A list (or tuple): one item type for any length, or one type per item for a fixed length."""
+        if not isinstance(value, list):
+            raise self._fail(path, "a list", value)
+        if len(item_tps) > 1 and len(value) != len(item_tps):
+            raise self._fail(path, "a list of {} items".format(len(item_tps)), value)
+        return kind(
+            self._convert(v, item_tps[i] if len(item_tps) > 1 else item_tps[0], "{}[{}]".format(path, i), meta)
+            for i, v in enumerate(value)
+        )
 
     def _convert_union(self, value: Any, args: Tuple[Any, ...], path: str, meta: Dict[str, Any]) -> Any:
         nullable = type(None) in args
@@ -140,9 +185,7 @@ class Schema:
                 return self._convert(value, option, path, meta)
             except self.error as exc:
                 expected.append(str(exc).split(": expected ", 1)[1].split(", got")[0])
-        raise self.error(
-            "{}: expected {}{}, got {!r}".format(path, " or ".join(expected), " or null" if nullable else "", value)
-        )
+        raise self._fail(path, " or ".join(expected) + (" or null" if nullable else ""), value)
 
     def _check_number(self, value: Any, path: str, integer: bool, meta: Dict[str, Any]) -> Any:
         lo, hi, mult = meta.get("minimum"), meta.get("maximum"), meta.get("multiple_of")
@@ -163,19 +206,21 @@ class Schema:
             or (hi is not None and value > hi)
             or (mult is not None and value % mult)
         ):
-            raise self.error("{}: expected {}, got {!r}".format(path, " ".join(words), value))
+            raise self._fail(path, " ".join(words), value)
         return value if integer else float(value)
 
-    def _check_string(self, value: Any, path: str, choices: Optional[Sequence[str]]) -> str:
+    def _check_string(self, value: Any, path: str, meta: Dict[str, Any]) -> str:
+        choices = meta.get("choices")
+        if meta.get("allow_empty") and not choices:
+            if not isinstance(value, str):
+                raise self._fail(path, "a string", value)
+            return value
         if not isinstance(value, str) or not value:
-            expected = "one of " + ", ".join(choices) if choices else "a non-empty string"
-            raise self.error("{}: expected {}, got {!r}".format(path, expected, value))
+            raise self._fail(path, "one of " + ", ".join(choices) if choices else "a non-empty string", value)
         if choices and value not in choices:
             hint = difflib.get_close_matches(value, choices, n=1)
-            raise self.error(
-                "{}: expected one of {}, got {!r}{}".format(
-                    path, ", ".join(choices), value, " (did you mean {!r}?)".format(hint[0]) if hint else ""
-                )
+            raise self._fail(
+                path, "one of " + ", ".join(choices), value, " (did you mean {!r}?)".format(hint[0]) if hint else ""
             )
         return value
 
