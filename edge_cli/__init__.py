@@ -71,6 +71,14 @@ def main() -> None:
         typer.echo("error: {}".format(exc), err=True)
         sys.exit(exc.exit_code)
     except OSError as exc:
-        typer.echo("error: {}".format(exc), err=True)
+        typer.echo("error: {}".format(_os_error_line(exc)), err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _os_error_line(exc: OSError) -> str:
+    """The file and the reason, without errno: "[Errno 21] Is a directory: 'a.tmp' -> 'a'" -> "a: Is a directory"."""
+    if not exc.strerror:
+        return str(exc)
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    return exc.strerror if path is None else "{}: {}".format(path, exc.strerror)

@@ -192,6 +192,9 @@ def keygen_command(
 
     if not name or "/" in name or "\\" in name or name.startswith("."):
         raise BundleError("key name {!r} must be a plain file name".format(name))
+    blocker = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise BundleError("--out-dir {}: {} is a file, not a folder".format(out_dir, blocker))
     out_dir.mkdir(parents=True, exist_ok=True)
     private_path, public_path = out_dir / (name + ".key"), out_dir / (name + ".pub")
     key_id = generate_keypair(private_path, public_path)

@@ -78,17 +78,38 @@ def stats_command(
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not write the histogram."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON instead of a table."),
 ) -> None:
-    """Summarise a dataset: images, boxes per class, images without boxes, box-size percentiles."""
+    """Summarise a dataset: images, boxes per class, images without boxes, box-size percentiles.
+
+    The histogram needs matplotlib (the workstation install); without it the statistics are
+    printed and a note says so, and an explicit --plot is an error.
+    """
     import json
 
     from edge_sdk.data.load import load_dataset
-    from edge_sdk.data.stats import plot_box_sizes, stats
+    from edge_sdk.data.stats import plot_box_sizes, plotting_available, stats
+    from edge_sdk.errors import DataError
+
+    plot_path = None
+    can_plot = not no_plot and plotting_available()
+    if plot is not None and not no_plot:
+        if not can_plot:
+            raise DataError(
+                "--plot needs matplotlib, which is not installed (pip install matplotlib), or use --no-plot"
+            )
+        if plot.is_dir():
+            raise DataError(
+                "--plot {} is a folder: give the PNG file to write, e.g. {}".format(plot, plot / "box_sizes.png")
+            )
+        if not plot.parent.is_dir():
+            raise DataError("--plot {}: folder {} does not exist".format(plot, plot.parent))
+    if can_plot:
+        plot_path = plot if plot is not None else _default_plot_path(path)
+    elif not no_plot:
+        typer.echo("note: no box-size histogram: matplotlib is not installed (--no-plot hides this note)", err=True)
 
     dataset = load_dataset(path)
     summary = stats(dataset)
-    plot_path = None
-    if not no_plot:
-        plot_path = plot if plot is not None else _default_plot_path(path)
+    if plot_path is not None:
         plot_box_sizes(dataset, plot_path)
         summary["plot"] = str(plot_path)
     if as_json:

@@ -71,8 +71,20 @@ def stats(dataset: Dataset) -> dict:
     }
 
 
+def plotting_available() -> bool:
+    """Whether matplotlib, which `plot_box_sizes` needs, can be imported (robots do not install it)."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot_box_sizes(dataset: Dataset, out_path: Union[str, Path], bins: int = 30) -> Path:
-    """Write a PNG histogram of box sizes (sqrt(area) in pixels), one outline per class; returns its path."""
+    """Write a PNG histogram of box sizes (sqrt(area) in pixels), one outline per class; returns its path.
+
+    Needs matplotlib (see `plotting_available`).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

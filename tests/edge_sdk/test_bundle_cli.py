@@ -102,6 +102,14 @@ def test_keygen_sign_verify(tmp_path, bundle):
     assert_one_error_line(result, "not trusted")
 
 
+@pytest.mark.parametrize("out_dir", ["afile", "afile/keys"])
+def test_keygen_out_dir_that_is_a_file(tmp_path, out_dir):
+    (tmp_path / "afile").write_text("not a folder")
+    result = edge_sdk("keygen", "--out-dir", out_dir, cwd=tmp_path)
+    assert_one_error_line(result, "--out-dir {}: afile is a file, not a folder".format(out_dir))
+    assert "Errno" not in result.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_inspect_json_and_table(tmp_path, bundle):
     result = edge_sdk("bundle", "inspect", str(bundle), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

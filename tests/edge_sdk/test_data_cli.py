@@ -63,3 +63,44 @@ def test_stats_on_a_folder_of_coco_files_says_which_to_pass(synth_dir: Path) -> 
     assert result.returncode != 0
     assert "pass one of them" in result.stderr and "train.json" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+
+def _one_error_line(result: subprocess.CompletedProcess, *phrases: str) -> None:
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Errno" not in result.stderr and all(p in result.stderr for p in phrases), result.stderr
+
+
+def test_stats_plot_into_a_folder_is_one_clear_line(synth_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    _one_error_line(_run("stats", str(synth_dir / "val.json"), "--plot", str(folder)), "is a folder", "box_sizes.png")
+    _one_error_line(
+        _run("stats", str(synth_dir / "val.json"), "--plot", str(tmp_path / "no" / "h.png")), "does not exist"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"] and not any(folder.iterdir())
+
+
+# Runs the CLI with matplotlib unimportable, as on a robot (core + runtime install).
+WITHOUT_MATPLOTLIB = (
+    "import sys; sys.modules['matplotlib'] = None; sys.argv[0] = 'edge-sdk'; import edge_cli; edge_cli.main()"
+)
+
+
+def test_stats_without_matplotlib_prints_the_table(synth_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "val.json"
+    data.write_text((synth_dir / "val.json").read_text())
+    (tmp_path / "images").symlink_to(synth_dir / "images")
+    run = [sys.executable, "-c", WITHOUT_MATPLOTLIB, "data", "stats"]
+    result = subprocess.run([*run, str(data)], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "2 images" in result.stdout and "spurious_copper" in result.stdout
+    assert result.stderr == "note: no box-size histogram: matplotlib is not installed (--no-plot hides this note)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "val.json"]
+
+    quiet = subprocess.run([*run, str(data), "--no-plot"], capture_output=True, text=True, timeout=180)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+    explicit = subprocess.run([*run, str(data), "--plot", str(tmp_path / "h.png")], capture_output=True, text=True)
+    _one_error_line(explicit, "--plot needs matplotlib", "--no-plot")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "val.json"]
