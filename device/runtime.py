@@ -309,6 +309,9 @@ def run(
                     sink.close()
                 except Exception as exc:  # close every sink even if one fails
                     errors.append(exc)
+                recorded = sink.recorded_files() if hasattr(sink, "recorded_files") else []
+                if recorded:
+                    log("recorded {}".format(", ".join(str(path) for path in recorded)))
             if source is not None:
                 source.close()
             if telemetry is not None:

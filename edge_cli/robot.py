@@ -46,7 +46,12 @@ def run_command(
         help="binary: the framed protocol of docs/serial-protocol.md; text: one readable line per message (debugging).",
     ),
     preview: Optional[str] = typer.Option(None, "--preview", help="Serve a live preview page on HOST:PORT."),
-    record: Optional[Path] = typer.Option(None, "--record", help="Record annotated video to this file."),
+    record: Optional[Path] = typer.Option(
+        None,
+        "--record",
+        help="Record annotated video to this .avi or .mp4 file; past 256 MB it becomes FILE-0001.avi and so on "
+        "(the names are printed at the end).",
+    ),
     jsonl: Optional[str] = typer.Option(
         None, "--jsonl", help="Write one JSON line per frame to FILE, or '-' for stdout."
     ),
@@ -74,9 +79,26 @@ def run_command(
         None, "--height", min=1, max=_MAX_CAMERA_SIDE, help="Requested camera height in pixels."
     ),
     fps: Optional[float] = typer.Option(
-        None, "--fps", min=0.1, max=1000.0, help="Requested camera frame rate (also paces video files)."
+        None,
+        "--fps",
+        min=0.1,
+        max=1000.0,
+        help="Requested camera frame rate; with --realtime, the pace of a video file or folder.",
     ),
     loop: bool = typer.Option(False, "--loop", help="Restart a video file or image folder at its end."),
+    realtime: bool = typer.Option(
+        False,
+        "--realtime",
+        help="Play a video file, image folder or the demo at its frame rate (or --fps) like a camera, newest "
+        "frame only, to rehearse a live run. Without it every frame is processed and none is dropped.",
+    ),
+    open_timeout: float = typer.Option(
+        10.0,
+        "--open-timeout",
+        min=0.1,
+        max=3600.0,
+        help="Seconds an rtsp:// or http:// stream may take to answer before giving up.",
+    ),
     engine_cache: Optional[str] = typer.Option(
         None, "--engine-cache", envvar="EDGE_SDK_ENGINE_CACHE", help="Folder for cached TensorRT engines."
     ),
@@ -84,10 +106,17 @@ def run_command(
         None, "--trusted-key", help="Require the bundle to be signed by this public key (file or folder)."
     ),
 ) -> None:
-    """Run the detector on a camera or stream and send detections to the robot.
+    """Run the detector on a camera, stream, video file or image folder.
 
-    Shows a live status line; stops cleanly on Ctrl-C or SIGTERM. Under a systemd Type=notify
-    unit it reports READY, WATCHDOG (only while frames flow) and STATUS.
+    Cameras and streams are read newest frame only: frames the detector has
+    no time for are dropped and counted. A video file or an image folder is
+    processed frame by frame to its end, none dropped; a JSON line's frame_id
+    is the frame's position in it, and a folder's lines name the image
+    (source_name). Shows a live status line; stops cleanly on Ctrl-C or
+    SIGTERM. Under a systemd Type=notify unit it reports READY, WATCHDOG
+    (only while frames flow) and STATUS.
+
+    Example: edge-sdk run --source boards/ --bundle m.edgebundle --jsonl out.jsonl
     """
     from device.runtime import RunOptions, run
 
@@ -112,6 +141,8 @@ def run_command(
         height=height,
         fps=fps,
         loop=loop,
+        realtime=realtime,
+        open_timeout=open_timeout,
         engine_cache=engine_cache,
         trusted_keys=str(trusted_key) if trusted_key else None,
     )

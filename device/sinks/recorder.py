@@ -1,10 +1,12 @@
 """Annotated video recording with size-based rotation.
 
-`RecorderSink("rec/run.avi", classes, max_bytes=..., keep=N)` writes rec/run-0001-20240501-120000.avi,
-then rec/run-0002-....avi once the first passes max_bytes, and so on, keeping the newest N files
-(indices continue after a restart, so nothing earlier is overwritten). ".avi" uses Motion-JPEG,
-".mp4" uses MPEG-4 part 2 ("mp4v"). Frames are annotated and encoded on a background thread behind a
-small bounded queue; frames that do not fit are dropped and counted, never waited for.
+`RecorderSink("rec/run.avi", classes, max_bytes=..., keep=N)` writes rec/run.avi. Once it passes
+max_bytes it is renamed to the next numbered sibling (rec/run-0001.avi, run-0002.avi, ...; a higher
+number is newer) and a fresh rec/run.avi is started, keeping the newest N files in all. A run.avi
+left by an earlier run is renamed the same way before the first frame, so nothing earlier is
+overwritten. ".avi" uses Motion-JPEG, ".mp4" uses MPEG-4 part 2 ("mp4v"). Frames are annotated and
+encoded on a background thread behind a small bounded queue; frames that do not fit are dropped
+and counted, never waited for. `recorded_files()` names the files this sink wrote.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import os
 import queue
 import re
 import threading
-import time
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -31,9 +32,11 @@ _STOP = object()
 class RecorderSink:
     """Writes annotated frames to rotating video files next to `path` (its stem and suffix name them).
 
-    max_bytes: a file is closed and the next one started once its size on disk reaches this (OpenCV's
-    writer buffers a few hundred kB, so a file ends up to that much past max_bytes).
-    keep: how many files to keep (the oldest beyond that are deleted). fps: the files' nominal rate.
+    max_bytes: a file is closed, renamed to its numbered sibling and a fresh `path` started once its
+    size on disk reaches this (OpenCV's writer buffers a few hundred kB, so a file ends up to that
+    much past max_bytes).
+    keep: how many files to keep, `path` included (the oldest beyond that are deleted).
+    fps: the files' nominal rate.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class RecorderSink:
             raise SinkError("recording {}: use a .avi (Motion-JPEG) or .mp4 (mp4v) file name".format(path))
         if keep < 1 or max_bytes < 1:
             raise SinkError("recording {}: keep and max_bytes must be at least 1".format(path))
+        self.path = target
         self.folder = target.parent
         self.stem = target.stem
         self.suffix = suffix
@@ -71,9 +75,10 @@ class RecorderSink:
         if not os.access(str(self.folder), os.W_OK):
             raise SinkError("recording folder {} is not writable".format(self.folder))
         self._check_codec()
-        self._pattern = re.compile(r"^{}-(\d+)-\d{{8}}-\d{{6}}{}$".format(re.escape(self.stem), re.escape(suffix)))
-        existing = self.files()
-        self._index = self._index_of(existing[-1]) if existing else 0
+        self._pattern = re.compile(r"^{}-(\d+){}$".format(re.escape(self.stem), re.escape(suffix)))
+        numbered = self._numbered()
+        self._index = self._index_of(numbered[-1]) if numbered else 0
+        self._written: List[Path] = []
         self._writer = None
         self._writer_size = None
         self.current_path: Optional[Path] = None
@@ -83,7 +88,14 @@ class RecorderSink:
         self._thread.start()
 
     def files(self) -> List[Path]:
-        """Recording files of this stem in the folder, oldest first."""
+        """Recording files of this name in the folder, oldest first (`path` itself, when it exists, last)."""
+        return self._numbered() + ([self.path] if self.path.exists() else [])
+
+    def recorded_files(self) -> List[Path]:
+        """The files this sink wrote that are still there, oldest first (final names, after rotation)."""
+        return [p for p in self._written if p.exists()]
+
+    def _numbered(self) -> List[Path]:
         found = [p for p in self.folder.iterdir() if self._pattern.match(p.name)]
         return sorted(found, key=self._index_of)
 
@@ -157,13 +169,16 @@ class RecorderSink:
     def _open_next(self, size) -> None:
         import cv2
 
-        self._index += 1
-        name = "{}-{:04d}-{}{}".format(self.stem, self._index, time.strftime("%Y%m%d-%H%M%S"), self.suffix)
-        path = self.folder / name
-        writer = cv2.VideoWriter(str(path), self.fourcc, self.fps, size)
+        if self.path.exists():  # the last file (this run's or an earlier run's) moves to a numbered sibling
+            self._index += 1
+            rotated = self.folder / "{}-{:04d}{}".format(self.stem, self._index, self.suffix)
+            os.replace(str(self.path), str(rotated))
+            self._written = [rotated if p == self.path else p for p in self._written]
+        writer = cv2.VideoWriter(str(self.path), self.fourcc, self.fps, size)
         if not writer.isOpened():
-            raise OSError("cannot open {} for writing".format(path))
-        self._writer, self._writer_size, self.current_path = writer, size, path
+            raise OSError("cannot open {} for writing".format(self.path))
+        self._writer, self._writer_size, self.current_path = writer, size, self.path
+        self._written.append(self.path)
         for old in self.files()[: -self.keep]:
             try:
                 old.unlink()

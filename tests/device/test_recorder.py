@@ -50,9 +50,10 @@ def test_files_rotate_by_size_stay_readable_and_are_capped(tmp_path):
 
     files = sink.files()
     names = [p.name for p in files]
-    assert len(files) == 3, names
-    indices = [int(name.split("-")[1]) for name in names]
+    assert len(files) == 3 and names[-1] == "run.avi", names  # the newest is the name asked for
+    indices = [int(name[len("run-") : -len(".avi")]) for name in names[:-1]]
     assert indices == sorted(indices) and indices[0] > 1  # older files were rotated out
+    assert sink.recorded_files() == files
     frames_in_files = 0
     for path in files:
         capture = cv2.VideoCapture(str(path))
@@ -71,13 +72,23 @@ def test_files_rotate_by_size_stay_readable_and_are_capped(tmp_path):
     for path in files[:-1]:
         assert path.stat().st_size >= 120_000  # a file is closed only once it passed max_bytes
 
-    again = RecorderSink(str(target), classes=CLASSES, max_bytes=120_000, keep=3)  # a restart continues the numbering
+    again = RecorderSink(str(target), classes=CLASSES, max_bytes=120_000, keep=3)  # a restart keeps run.avi
     for frame, dets in _frames(2, seed=1):
         again.write(frame, dets, {})
     again.close()
-    newest = again.files()[-1]
-    assert int(newest.name.split("-")[1]) == indices[-1] + 1
-    assert len(again.files()) == 3
+    names = [p.name for p in again.files()]
+    assert names[-2:] == ["run-{:04d}.avi".format(indices[-1] + 1), "run.avi"], names
+    assert again.recorded_files() == [target] and len(names) == 3
+
+
+def test_the_file_asked_for_is_the_file_written(tmp_path):
+    target = tmp_path / "rec.avi"
+    sink = RecorderSink(str(target), classes=CLASSES)
+    for frame, dets in _frames(3):
+        sink.write(frame, dets, {})
+    sink.close()
+    assert sink.recorded_files() == [target] and sink.files() == [target]
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.avi"]
 
 
 def test_a_recorded_frame_shows_the_annotation(tmp_path):

@@ -245,6 +245,66 @@ def test_user_errors_are_one_line(tiny_bundle, video, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--fps", "0"], "error: Invalid value for '--fps'"),
+        (["--width", "-1"], "error: Invalid value for '--width'"),
+        (["--fps", "nan"], "error: Invalid value for '--fps'"),
+        (["--open-timeout", "0"], "error: Invalid value for '--open-timeout'"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line_before_any_work(tiny_bundle, video, tmp_path, args, message):
+    output = tmp_path / "out.jsonl"
+    result = edge_sdk("run", "--bundle", str(tiny_bundle), "--source", str(video), "--jsonl", str(output), *args)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith(message)
+    assert not output.exists()
+
+
+def test_record_writes_the_file_named_and_says_so(tiny_bundle, video, tmp_path):
+    target = tmp_path / "rec.avi"
+    result = edge_sdk(
+        "run", "--source", str(video), "--bundle", str(tiny_bundle), "--record", str(target), "--threads", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.avi"]
+    assert "recorded {}".format(target) in result.stderr
+    capture = cv2.VideoCapture(str(target))
+    assert capture.isOpened() and capture.read()[0]
+    capture.release()
+
+
+def test_a_stream_that_never_answers_says_so_while_opening_and_when_it_gives_up(tiny_bundle):
+    import threading
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+
+    def accept_and_stay_silent():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    uri = "rtsp://127.0.0.1:{}/camera".format(server.getsockname()[1])
+    try:
+        result = edge_sdk("run", "--source", uri, "--bundle", str(tiny_bundle), "--open-timeout", "1")
+    finally:
+        server.close()
+        for connection in accepted:
+            connection.close()
+    assert accepted  # it was reached, accepted the connection and never answered
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert "opening {} (gives up after 1 s)".format(uri) in lines
+    assert lines[-1] == "error: {}: no answer: timed out after 1 s".format(uri)
+
+
 def test_bench_prints_both_rates_and_their_ratio(tiny_bundle, video):
     from typer.testing import CliRunner
 
