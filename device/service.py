@@ -1,7 +1,8 @@
 """The systemd unit that keeps `edge-sdk run` alive on a robot.
 
-`render_unit(...)` is pure (tested); `install_unit(...)` writes it atomically and asks systemd to
-load and start it. The unit is `Type=notify` with `WatchdogSec`: the runtime sends READY=1 once
+`render_unit(...)` is pure (tested): values are quoted and escaped for systemd (`%` and `$` stay
+literal) and a value with a line break is refused. `install_unit(...)` writes the unit atomically and
+asks systemd to load and start it; when systemctl fails, the previous unit (or none) is put back. The unit is `Type=notify` with `WatchdogSec`: the runtime sends READY=1 once
 frames flow and WATCHDOG=1 only while they keep flowing, so a hung camera or predictor gets the
 service restarted (`Restart=always`).
 """
@@ -9,7 +10,7 @@ service restarted (`Restart=always`).
 from __future__ import annotations
 
 import os
-import shlex
+import re
 import shutil
 import subprocess
 from typing import List, Optional, Sequence
@@ -19,6 +20,27 @@ from edge_sdk.fileio import atomic_write_text
 
 UNIT_NAME = "edge-sdk.service"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
+_PLAIN_WORD = re.compile(r"[\w@%+=:,./-]+")
+
+
+def _checked_value(what: str, value: str) -> str:
+    """`value`, refused when it holds a line break or another control character (it would end the unit line)."""
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise InstallError("{} {!r} contains a line break or control character".format(what, value))
+    return value
+
+
+def _systemd_word(value: str) -> str:
+    """One word of a unit setting meaning exactly `value`: single-quoted (with C escapes) unless
+    plain, and `%` (systemd's specifier character) doubled."""
+    if not _PLAIN_WORD.fullmatch(value):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return value.replace("%", "%%")
+
+
+def _exec_word(arg: str) -> str:
+    """One ExecStart word meaning exactly `arg`: as `_systemd_word`, and `$` (variable expansion) doubled."""
+    return _systemd_word(arg).replace("$", "$$")
 
 
 def render_unit(
@@ -29,10 +51,16 @@ def render_unit(
     restart_seconds: int = 2,
     engine_cache: str = "/var/cache/edge-sdk/engines",
 ) -> str:
-    """The unit file text. run_args: the arguments after `edge-sdk run`, e.g. ["--camera", "0"]."""
+    """The unit file text. run_args: the arguments after `edge-sdk run`, e.g. ["--camera", "0"].
+
+    Raises InstallError for a watchdog under 2 s or a value with a line break."""
     if watchdog_seconds < 2:
         raise InstallError("watchdog must be at least 2 seconds, got {}".format(watchdog_seconds))
-    command = " ".join(shlex.quote(a) for a in [executable, "run", *run_args])
+    for arg in run_args:
+        _checked_value("run argument", arg)
+    command = " ".join(_exec_word(a) for a in [_checked_value("executable", executable), "run", *run_args])
+    user = _checked_value("user", user).replace("%", "%%")
+    engine_cache = _systemd_word("EDGE_SDK_ENGINE_CACHE=" + _checked_value("engine cache", engine_cache))
     return "\n".join(
         [
             "[Unit]",
@@ -56,7 +84,7 @@ def render_unit(
             "User=" + user,
             "SupplementaryGroups=video dialout",
             "Environment=PYTHONUNBUFFERED=1",
-            "Environment=EDGE_SDK_ENGINE_CACHE=" + engine_cache,
+            "Environment=" + engine_cache,
             "",
             "[Install]",
             "WantedBy=multi-user.target",
@@ -67,29 +95,49 @@ def render_unit(
 
 def install_unit(text: str, unit_dir: str = DEFAULT_UNIT_DIR, enable: bool = True) -> List[str]:
     """Write `text` as unit_dir/edge-sdk.service atomically; with enable, reload systemd and
-    enable --now the service. Returns the messages to show the user."""
+    enable --now the service. Returns the messages to show the user.
+
+    With enable, systemctl must be on PATH before anything is written; when a systemctl call fails,
+    the unit that was there before (or none) is put back."""
     path = os.path.join(unit_dir, UNIT_NAME)
+    systemctl = shutil.which("systemctl") if enable else None
+    if enable and systemctl is None:
+        raise InstallError("systemctl not found: cannot enable {} (use --no-enable to only write it)".format(UNIT_NAME))
     try:
-        os.makedirs(unit_dir, exist_ok=True)
-        atomic_write_text(path, text)
-        os.chmod(path, 0o644)
+        with open(path, encoding="utf-8") as f:
+            previous: Optional[str] = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        previous = None
     except OSError as exc:
-        raise InstallError(
-            "cannot write the unit to {}: {} (run with sudo?)".format(unit_dir, exc.strerror or exc)
-        ) from None
+        raise InstallError("cannot read the unit {}: {}".format(path, exc.strerror or exc)) from None
+    _write_unit(path, text)
     messages = ["wrote " + path]
-    if not enable:
-        return messages
-    systemctl = shutil.which("systemctl")
     if systemctl is None:
-        raise InstallError("systemctl not found: wrote {} but could not enable it".format(path))
+        return messages
     for args in (["daemon-reload"], ["enable", "--now", UNIT_NAME]):
         result = subprocess.run([systemctl, *args], capture_output=True, text=True)
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["exit {}".format(result.returncode)])[-1]
-            raise InstallError("systemctl {} failed: {}".format(" ".join(args), reason))
+            if previous is None:
+                os.remove(path)
+                undone = "removed " + path
+            else:
+                _write_unit(path, previous)
+                undone = "restored the previous " + path
+            raise InstallError("systemctl {} failed: {}; {}".format(" ".join(args), reason, undone))
         messages.append("systemctl " + " ".join(args))
     return messages
+
+
+def _write_unit(path: str, text: str) -> None:
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write_text(path, text)
+        os.chmod(path, 0o644)
+    except OSError as exc:
+        raise InstallError(
+            "cannot write the unit to {}: {} (run with sudo?)".format(os.path.dirname(path), exc.strerror or exc)
+        ) from None
 
 
 def default_executable() -> Optional[str]:

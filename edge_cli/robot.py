@@ -335,6 +335,20 @@ def doctor(
         raise typer.Exit(1)
 
 
+def _check_run_args(run_args: List[str]) -> None:
+    """Parse `run_args` with `edge-sdk run`'s own parser; raise InstallError naming the first problem."""
+    from edge_sdk.errors import InstallError
+
+    # click's UsageError (bad option, value or count), imported from click itself or from typer's copy of it.
+    usage_error = typer.BadParameter.__bases__[0]
+    probe = typer.Typer()
+    probe.command("run")(run_command)
+    try:
+        typer.main.get_command(probe).make_context("edge-sdk run", list(run_args), help_option_names=[])
+    except usage_error as exc:
+        raise InstallError("invalid run arguments: {}".format(exc.format_message())) from None
+
+
 @service_app.command("install")
 def service_install(
     run_args: Optional[List[str]] = typer.Argument(
@@ -355,8 +369,10 @@ def service_install(
     """
     from device.service import default_executable, install_unit, render_unit
 
+    run_args = run_args or ["--camera", "0"]
+    _check_run_args(run_args)
     text = render_unit(
-        run_args or ["--camera", "0"],
+        run_args,
         executable=executable or default_executable() or "/usr/local/bin/edge-sdk",
         user=user,
         watchdog_seconds=watchdog,

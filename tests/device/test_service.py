@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import os
 import subprocess
 import sys
 
@@ -69,3 +70,108 @@ def test_cli_print_and_unwritable_folder(tmp_path):
     )  # fmt: skip
     assert failed.returncode != 0
     assert failed.stderr.startswith("error: cannot write the unit") and "Traceback" not in failed.stderr
+
+
+def service_install(*args, path=None):
+    """`edge-sdk service install ARGS` in a subprocess (PATH replaced when given)."""
+    env = dict(os.environ)
+    if path is not None:
+        env["PATH"] = path
+    return subprocess.run(
+        [sys.executable, "-m", "edge_cli", "service", "install", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def assert_one_error_line(result, starts_with):
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: " + starts_with), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    "run_args, message",
+    [
+        (["--camra", "0"], "No such option: --camra"),
+        (["--camera", "zero"], "Invalid value for '--camera'"),
+        (["--max-frames", "0"], "Invalid value for '--max-frames'"),
+        (["--camera"], "Option '--camera' requires an argument"),
+        (["--help"], "No such option: --help"),
+    ],
+)
+def test_run_arguments_are_checked_by_runs_parser_before_a_unit_is_written(tmp_path, run_args, message):
+    unit_dir = tmp_path / "systemd"
+    result = service_install("--unit-dir", str(unit_dir), "--no-enable", "--", *run_args)
+    assert_one_error_line(result, "invalid run arguments")
+    assert message in result.stderr
+    assert not unit_dir.exists()
+
+
+@pytest.mark.parametrize("value", ["/data/a.mp4\nExecStartPre=/bin/rm -rf /", "/data/a.mp4\r", "/data/\ta.mp4"])
+def test_values_with_line_breaks_are_refused(tmp_path, value):
+    with pytest.raises(InstallError, match="line break"):
+        render_unit(["--source", value])
+    with pytest.raises(InstallError, match="line break"):
+        render_unit(["--camera", "0"], executable="/opt/edge-sdk\n")
+    unit_dir = tmp_path / "systemd"
+    assert_one_error_line(service_install("--unit-dir", str(unit_dir), "--no-enable", "--", "--source", value), "run")
+    assert not unit_dir.exists()
+
+
+def test_percent_and_dollar_stay_literal_for_systemd():
+    """systemd expands %x specifiers in ExecStart, User and Environment, and $VAR in ExecStart: both are doubled."""
+    service = parse(
+        render_unit(
+            ["--source", "/data/100%/$HOME it's.mp4", "--jsonl", "/logs/%H.jsonl"],
+            executable="/opt/$edge/bin/edge-sdk",
+            engine_cache="/cache/%i dir",
+        )
+    )["Service"]
+    assert service["ExecStart"] == (
+        "'/opt/$$edge/bin/edge-sdk' run --source '/data/100%%/$$HOME it\\'s.mp4' --jsonl /logs/%%H.jsonl"
+    )
+    assert service["Environment"] == "'EDGE_SDK_ENGINE_CACHE=/cache/%%i dir'"
+
+
+@pytest.fixture
+def failing_systemctl(tmp_path):
+    """A PATH whose systemctl is a real program that fails like systemctl without a system bus."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text(
+        "#!/bin/sh\necho 'System has not been booted with systemd as init system (PID 1).' >&2\nexit 1\n"
+    )
+    systemctl.chmod(0o755)
+    return str(bin_dir) + os.pathsep + os.environ.get("PATH", "")
+
+
+def test_failing_systemctl_leaves_no_unit_behind(tmp_path, failing_systemctl):
+    unit_dir = tmp_path / "systemd"
+    result = service_install("--unit-dir", str(unit_dir), "--", "--camera", "0", path=failing_systemctl)
+    assert_one_error_line(result, "systemctl daemon-reload failed: System has not been booted")
+    assert "removed" in result.stderr
+    assert list(unit_dir.iterdir()) == []
+
+
+def test_failing_systemctl_puts_the_previous_unit_back(tmp_path, failing_systemctl):
+    unit_dir = tmp_path / "systemd"
+    unit_dir.mkdir()
+    previous = render_unit(["--camera", "1"])
+    (unit_dir / UNIT_NAME).write_text(previous)
+    result = service_install("--unit-dir", str(unit_dir), "--", "--camera", "0", path=failing_systemctl)
+    assert_one_error_line(result, "systemctl daemon-reload failed")
+    assert (unit_dir / UNIT_NAME).read_text() == previous
+    assert sorted(p.name for p in unit_dir.iterdir()) == [UNIT_NAME]
+
+
+def test_missing_systemctl_is_found_out_before_writing(tmp_path):
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    unit_dir = tmp_path / "systemd"
+    result = service_install("--unit-dir", str(unit_dir), "--", "--camera", "0", path=str(empty))
+    assert_one_error_line(result, "systemctl not found")
+    assert not unit_dir.exists()
