@@ -23,6 +23,12 @@ INTERPOLATIONS = ("nearest", "linear", "cubic", "area")
 CHANNEL_ORDERS = ("RGB", "BGR")
 MAX_INPUT_SIDE = 4096
 """Largest network input height or width, in pixels: a 4K camera frame fits."""
+MAX_DETECTIONS = 10_000
+"""Most boxes a bundle may keep per image after NMS (keep_top_k)."""
+MAX_NMS_CANDIDATES = 100_000
+"""Most candidate boxes a bundle may feed NMS per class (nms_top_k)."""
+MAX_WORKSPACE_BYTES = 1 << 36
+"""Largest TensorRT workspace a bundle may ask for (64 GiB; a Xavier has 32 GiB in all)."""
 
 
 _SCHEMA = Schema(ManifestError, prefix="manifest field ", ignore_unknown=True)
@@ -36,13 +42,14 @@ def _fail(path: str, expected: str, value: Any) -> ManifestError:
 class InputSpec:
     """How an image becomes the `image` tensor [1,3,H,W] float32.
 
-    size: (height, width) in pixels fed to the network.
+    size: (height, width) in pixels fed to the network, each at most MAX_INPUT_SIDE (no multiple
+    is enforced here: YOLOv3 needs multiples of 32, imported PaddleDetection models may not).
     resize_mode: "stretch" (ignore aspect ratio, as PaddleDetection's YOLOv3) or "keep_ratio".
     interpolation: OpenCV interpolation name used for the resize.
     mean, std: per channel in `channel_order`, applied after dividing by 255 if `scale` is true.
     """
 
-    size: Tuple[int, int] = checked(minimum=1)
+    size: Tuple[int, int] = checked(minimum=1, maximum=MAX_INPUT_SIDE)
     resize_mode: str = checked("stretch", choices=RESIZE_MODES, required=True)
     interpolation: str = checked("cubic", choices=INTERPOLATIONS, required=True)
     mean: Tuple[float, float, float] = checked((0.485, 0.456, 0.406), required=True)
@@ -70,9 +77,9 @@ class Quantization:
 class ShapeRange:
     """TensorRT dynamic shape range of one input: min, opt and max shapes (same rank)."""
 
-    min: Tuple[int, ...] = checked(minimum=1)
-    opt: Tuple[int, ...] = checked(minimum=1)
-    max: Tuple[int, ...] = checked(minimum=1)
+    min: Tuple[int, ...] = checked(minimum=1, maximum=MAX_INPUT_SIDE)
+    opt: Tuple[int, ...] = checked(minimum=1, maximum=MAX_INPUT_SIDE)
+    max: Tuple[int, ...] = checked(minimum=1, maximum=MAX_INPUT_SIDE)
 
 
 @dataclass(frozen=True)
@@ -80,19 +87,23 @@ class TensorRTHints:
     """Settings for Paddle-TensorRT on the robot. workspace_bytes in bytes."""
 
     min_subgraph_size: int = checked(3, minimum=1, required=True)
-    workspace_bytes: int = checked(1 << 30, minimum=1, required=True)
+    workspace_bytes: int = checked(1 << 30, minimum=1, maximum=MAX_WORKSPACE_BYTES, required=True)
     dynamic_shapes: Dict[str, ShapeRange] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Postprocess:
-    """Decoding and NMS values baked into the exported graph, and the runtime's default threshold."""
+    """Decoding and NMS values baked into the exported graph, and the runtime's default threshold.
 
-    conf_threshold: float = checked(0.005, minimum=0, required=True)
-    nms_iou: float = checked(0.45, minimum=0, required=True)
-    nms_top_k: int = checked(1000, minimum=1, required=True)
-    keep_top_k: int = checked(100, minimum=1, required=True)
-    score_threshold: float = checked(0.3, minimum=0, required=True)
+    Thresholds and the NMS IoU are in [0, 1]; nms_top_k: candidates per class fed to NMS;
+    keep_top_k: boxes kept per image.
+    """
+
+    conf_threshold: float = checked(0.005, minimum=0, maximum=1, required=True)
+    nms_iou: float = checked(0.45, minimum=0, maximum=1, required=True)
+    nms_top_k: int = checked(1000, minimum=1, maximum=MAX_NMS_CANDIDATES, required=True)
+    keep_top_k: int = checked(100, minimum=1, maximum=MAX_DETECTIONS, required=True)
+    score_threshold: float = checked(0.3, minimum=0, maximum=1, required=True)
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,8 @@ class StageMetrics:
     """
 
     stage: str
-    map50: Optional[float] = checked(None, minimum=0)
-    map: Optional[float] = checked(None, minimum=0)
+    map50: Optional[float] = checked(None, minimum=0, maximum=1)
+    map: Optional[float] = checked(None, minimum=0, maximum=1)
     flops: Optional[float] = checked(None, minimum=0)
     params: Optional[float] = checked(None, minimum=0)
     bytes: Optional[float] = checked(None, minimum=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
@@ -32,7 +33,7 @@ def checked(
     allow_empty: bool = False,
     required: bool = False,
 ) -> Any:
-    """A dataclass field with a default and the constraints `Schema.load` checks.
+    """A dataclass field with a default and the constraints `Schema.load` checks (numbers must be finite).
 
     default: lists and dicts are copied per instance. minimum / maximum: inclusive bounds of a number
     (of each item of a list). choices: the allowed strings. multiple_of: an integer's step.
@@ -202,6 +203,7 @@ class Schema:
         if (
             isinstance(value, bool)
             or not isinstance(value, ok_types)
+            or not math.isfinite(value)
             or (lo is not None and value < lo)
             or (hi is not None and value > hi)
             or (mult is not None and value % mult)

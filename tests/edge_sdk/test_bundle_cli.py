@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import lzma
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 
@@ -108,6 +109,42 @@ def test_keygen_out_dir_that_is_a_file(tmp_path, out_dir):
     result = edge_sdk("keygen", "--out-dir", out_dir, cwd=tmp_path)
     assert_one_error_line(result, "--out-dir {}: afile is a file, not a folder".format(out_dir))
     assert "Errno" not in result.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def _with_manifest_values(bundle: Path, out: Path, **changes: Any) -> Path:
+    """A copy of `bundle` whose manifest.json has postprocess/input values replaced (write_bundle refuses them)."""
+    with tarfile.open(str(bundle)) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with lzma.open(str(out), "wb", format=lzma.FORMAT_XZ) as xz, tarfile.open(fileobj=xz, mode="w") as tar:
+        for member, data in members:
+            if member.name == "manifest.json":
+                manifest = json.loads(data)
+                for key, value in changes.items():
+                    section, field = key.split("__")
+                    manifest[section][field] = value
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return out
+
+
+OUT_OF_RANGE = [
+    ({"postprocess__score_threshold": 1.5}, "postprocess.score_threshold: expected a number between 0 and 1, got 1.5"),
+    ({"postprocess__keep_top_k": 10**9}, "postprocess.keep_top_k: expected an integer between 1 and 10000"),
+    ({"input__size": [10**9, 10**9]}, "input.size[0]: expected an integer between 1 and 4096, got 1000000000"),
+]
+
+
+@pytest.mark.parametrize("changes, message", OUT_OF_RANGE, ids=[list(c)[0] for c, _ in OUT_OF_RANGE])
+def test_manifest_values_out_of_range_are_refused_by_verify_and_install(tmp_path, bundle, changes, message):
+    bad = _with_manifest_values(bundle, tmp_path / "bad.edgebundle", **changes)
+    assert_one_error_line(edge_sdk("bundle", "verify", str(bad), cwd=tmp_path), "manifest field " + message)
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "robot.json").write_text(json.dumps({"l4t": "35.4.1", "compute_capability": "7.2"}))
+    result = edge_sdk("install", str(bad), "--root", str(store), "--skip-health", cwd=tmp_path)
+    assert_one_error_line(result, "manifest field " + message)
+    assert not any(store.rglob("*.pdmodel")) and not any(store.rglob("manifest.json"))
 
 
 def test_inspect_json_and_table(tmp_path, bundle):
