@@ -775,17 +775,21 @@ def _write_history(out_dir: Path, history: List[Dict[str, Any]]) -> None:
 
 
 class InterruptAtSafePoints:
-    """Ctrl-C during training sets a flag that `check()` (called between iterations) turns into
-    KeyboardInterrupt: a KeyboardInterrupt raised wherever the signal lands (a data loader's __del__
-    runs between epochs) can be swallowed as "exception ignored". A second Ctrl-C raises at once.
-    Only the main thread can install the handler; elsewhere this does nothing."""
+    """Ctrl-C (or SIGTERM, as systemd and kill send) during training sets a flag that `check()` (called
+    between iterations) turns into KeyboardInterrupt: a KeyboardInterrupt raised wherever the signal lands
+    (a data loader's __del__ runs between epochs) can be swallowed as "exception ignored". A second
+    Ctrl-C raises at once; repeated SIGTERMs do not (paddle.distributed.launch sends up to three within
+    a second to stop a worker). SIGTERM's handler also replaces Paddle's, which dumps a C++ FatalError and
+    leaves DataLoader workers behind. Only the main thread can install handlers; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self.previous: Any = None
+        self.previous: Dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -797,12 +801,12 @@ class InterruptAtSafePoints:
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
 class _Bars:

@@ -10,7 +10,9 @@ whose worker logs are copied to WORKDIR/launch-logs afterwards, and its output i
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping
 
@@ -73,26 +75,38 @@ def run_launcher(
     Workers' output goes to `out`; the launcher's own lines go to `err` when `verbose`, never its
     environment dumps. A failed worker's log tail, which the launcher repeats, is shown once. Then
     the worker logs are copied to `keep_dir` and `log_dir` (with the launcher's env files) removed.
-    Ctrl-C reaches the launcher too (same process group); this waits for it to stop its workers.
+    Ctrl-C reaches the launcher too (same process group) and SIGTERM is passed on to it; this waits for
+    it to stop its workers (they save checkpoints as on Ctrl-C), then raises KeyboardInterrupt.
     """
     printed = set()
     in_tail = False
+    interrupted = False
+    proc = subprocess.Popen(
+        command,
+        env=launcher_environment(environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
+
+    def forward_sigterm(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+        proc.send_signal(signal.SIGTERM)
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, forward_sigterm)
     try:
-        proc = subprocess.Popen(
-            command,
-            env=launcher_environment(environ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-        )
         with proc.stdout:
             lines = iter(proc.stdout.readline, "")
             while True:
                 try:
                     line = next(lines, None)
                 except KeyboardInterrupt:
+                    interrupted = True
                     continue
                 if line is None:
                     break
@@ -110,9 +124,10 @@ def run_launcher(
                 out(line)
         while True:
             try:
-                return proc.wait()
+                code = proc.wait()
+                break
             except KeyboardInterrupt:
-                continue
+                interrupted = True
     finally:
         keep_dir.mkdir(parents=True, exist_ok=True)
         for pattern in ENV_FILE_GLOBS:
@@ -121,3 +136,8 @@ def run_launcher(
         for log in sorted(Path(log_dir).glob(WORKER_LOG_GLOB)):
             shutil.copyfile(str(log), str(keep_dir / log.name))
         shutil.rmtree(str(log_dir), ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+    return code

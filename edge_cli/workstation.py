@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
@@ -88,11 +89,11 @@ def _relaunch(gpus: str, workdir: Path, recipe_path: Path, data: Optional[Path],
     if data is not None or recipe.data.path != "synthetic":
         prepare_data(recipe, workdir, data, progress=False)
     logs = workdir / "launch-logs"
-    worker_errors = []
+    final_lines = []
 
     def show(line: str) -> None:
-        if line.startswith("error:"):
-            worker_errors.append(line)
+        if line.startswith(("error:", "interrupted")):
+            final_lines.append(line)
         typer.echo(line, err=line.startswith(("error:", "interrupted")))
 
     log_dir = tempfile.mkdtemp(prefix="edge-sdk-launch-")
@@ -106,11 +107,21 @@ def _relaunch(gpus: str, workdir: Path, recipe_path: Path, data: Optional[Path],
         code = run_launcher(
             command, Path(log_dir), logs, os.environ, verbose, out=show, err=lambda line: typer.echo(line, err=True)
         )
+    except KeyboardInterrupt:
+        if not any(line.startswith("interrupted") for line in final_lines):
+            rank0 = logs / "workerlog.0"
+            said = [
+                line
+                for line in (rank0.read_text(errors="replace").splitlines() if rank0.is_file() else [])
+                if line.startswith("interrupted")
+            ]
+            typer.echo(said[-1] if said else "interrupted", err=True)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
-    if code not in (0, INTERRUPTED_EXIT) and not worker_errors:
+    if code not in (0, INTERRUPTED_EXIT) and not final_lines:
         typer.echo("error: a data-parallel process failed (exit code {}); see {}".format(code, logs), err=True)
-    raise typer.Exit(RecipeError.exit_code if worker_errors else code)
+    raise typer.Exit(RecipeError.exit_code if any(line.startswith("error:") for line in final_lines) else code)
 
 
 def _run_pipeline(
@@ -130,6 +141,7 @@ def _run_pipeline(
 
     console = Console(stderr=True)
     recipe = load_recipe(recipe_path)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM (systemd, kill) ends a run as Ctrl-C does
     try:
         result = run(
             recipe,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import paddle
@@ -225,9 +226,42 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data: Path, 
     assert straight.history[1]["loss"] == pytest.approx(resumed.history[1]["loss"], rel=1e-4)
 
 
+def _descendants(pid: int) -> List[int]:
+    """Process ids of pid's children, grandchildren, ... (from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path("/proc/{}/stat".format(pid)).read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_data: Path, tmp_path: Path, num_workers: int) -> None:
+@pytest.mark.parametrize(
+    "signum, num_workers",
+    [(signal.SIGINT, 0), (signal.SIGINT, 1), (signal.SIGTERM, 1)],
+    ids=["int", "int-w1", "term-w1"],
+)
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_130(
+    tiny_data: Path, tmp_path: Path, signum: int, num_workers: int
+) -> None:
+    """SIGTERM (systemd, kill) behaves as Ctrl-C: one line, a checkpoint, no Paddle FatalError dump, and
+    no DataLoader worker outlives the command."""
     recipe = tiny_recipe(epochs=200, eval_every=100).to_dict()
     recipe["train"]["num_workers"] = num_workers
     recipe_path = tmp_path / "long.yml"
@@ -265,7 +299,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_data: Path, tmp_path: Path
                 break
         assert any(line.startswith("epoch 2/") for line in lines), "".join(lines)
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        helpers = _descendants(proc.pid)
+        assert len(helpers) >= num_workers
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -273,6 +309,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_data: Path, tmp_path: Path
     err = "".join(lines) + err
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Traceback" not in out
+    assert "FatalError" not in err and "Error Message Summary" not in err
+    assert len([line for line in err.splitlines() if "interrupted" in line]) == 1
+    deadline = time.time() + 30  # a helper that was told to stop may take a moment to go
+    while [pid for pid in helpers if _alive(pid)] and time.time() < deadline:
+        time.sleep(0.5)
+    assert [pid for pid in helpers if _alive(pid)] == []
     assert "interrupted: checkpoint saved to" in err
     saved = paddle.load(str(workdir / "train" / LAST_CHECKPOINT))
     assert saved["epoch"] >= 2 and len(saved["history"]) == saved["epoch"]
