@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from edge_sdk.data.dataset import Dataset
+from edge_sdk.data.dataset import MAX_IMAGE_SIDE, Dataset, check_box, image_size_problem
 from edge_sdk.detections import Detections
 from edge_sdk.errors import DataError
 
@@ -409,6 +409,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _finite_extents(xy: np.ndarray, wh: np.ndarray) -> bool:
+    """Whether boxes (..., 2) corners xy and sizes wh, their far corners and their areas are all finite."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        far, area = xy + wh, wh[..., 0] * wh[..., 1]
+    return bool(np.isfinite(xy).all() and np.isfinite(wh).all() and np.isfinite(far).all() and np.isfinite(area).all())
+
+
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -431,6 +438,11 @@ def _parse_coco_gt(doc: Any) -> Tuple[Tuple[str, ...], Dict[int, int], Dict[int,
     if len(set(image_ids)) != len(image_ids):
         raise DataError("ground truth: duplicate image ids")
     image_position = {image_id: i for i, image_id in enumerate(sorted(image_ids))}
+    image_size = {}  # image id -> (width, height); an image without a size may be up to MAX_IMAGE_SIDE
+    for image in images:
+        width, height = image.get("width"), image.get("height")
+        known = image_size_problem(width, height) is None
+        image_size[image["id"]] = (width, height) if known else (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE)
     named: List[Tuple[int, str]] = []
     for i, cat in enumerate(categories):
         if not isinstance(cat, dict) or not _is_id(cat.get("id")):
@@ -446,6 +458,8 @@ def _parse_coco_gt(doc: Any) -> Tuple[Tuple[str, ...], Dict[int, int], Dict[int,
         where = "ground truth: annotations[{}]".format(i)
         if not isinstance(ann, dict):
             raise DataError("{} is not an object".format(where))
+        if "id" in ann:
+            where += " (id {!r})".format(ann["id"])
         if ann.get("image_id") not in image_position or not _is_id(ann.get("image_id")):
             raise DataError("{}: unknown image_id {!r}".format(where, ann.get("image_id")))
         if ann.get("category_id") not in category_index or not _is_id(ann.get("category_id")):
@@ -453,8 +467,8 @@ def _parse_coco_gt(doc: Any) -> Tuple[Tuple[str, ...], Dict[int, int], Dict[int,
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             raise DataError("{}: bbox must be 4 numbers [x, y, w, h], got {!r}".format(where, bbox))
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise DataError("{}: bbox width and height must be >= 0, got {!r}".format(where, bbox))
+        x, y, w, h = (float(v) for v in bbox)
+        check_box((x, y, x + w, y + h), *image_size[ann["image_id"]], "{}: bbox {!r}".format(where, bbox))
         area = ann.get("area", bbox[2] * bbox[3])
         if not _is_number(area) or area < 0:
             raise DataError("{}: area must be a non-negative number, got {!r}".format(where, area))
@@ -497,7 +511,9 @@ def _parse_coco_results(doc: Any, image_position: Dict[int, int], category_index
     if well_formed:
         boxes = boxes.astype(np.float64).reshape(-1, 4)
         scores = scores.astype(np.float64)
-        well_formed = bool(np.isfinite(boxes).all() and np.isfinite(scores).all() and (boxes[:, 2:] >= 0).all())
+        well_formed = bool(
+            np.isfinite(scores).all() and (boxes[:, 2:] >= 0).all() and _finite_extents(boxes[:, 0:2], boxes[:, 2:4])
+        )
     if not well_formed:
         raise DataError(_first_bad_result(doc, image_position, category_index))
     return _Boxes(
@@ -527,6 +543,8 @@ def _first_bad_result(doc: List[Any], image_position: Dict[int, int], category_i
             return "{}: bbox must be 4 numbers [x, y, w, h], got {!r}".format(where, bbox)
         if bbox[2] < 0 or bbox[3] < 0:
             return "{}: bbox width and height must be >= 0, got {!r}".format(where, bbox)
+        if not _finite_extents(np.array(bbox[:2], np.float64), np.array(bbox[2:], np.float64)):
+            return "{}: bbox {!r} overflows (x + w, y + h and w * h must be finite)".format(where, bbox)
         if not _is_number(r["score"]):
             return "{}: score must be a number, got {!r}".format(where, r["score"])
     return "results are malformed"

@@ -291,6 +291,8 @@ def test_to_dict_keys_and_ranges() -> None:
         ({"image_id": "FIRST", "category_id": 1, "bbox": [0, 0, 1], "score": 0.5}, "bbox must be 4 numbers"),
         ({"image_id": "FIRST", "category_id": 1, "bbox": [0, 0, 1, "2"], "score": 0.5}, "bbox must be 4 numbers"),
         ({"image_id": "FIRST", "category_id": 1, "bbox": [0, 0, -1, 2], "score": 0.5}, "width and height"),
+        ({"image_id": "FIRST", "category_id": 1, "bbox": [0, 0, 1e308, 1e308], "score": 0.5}, "overflows"),
+        ({"image_id": "FIRST", "category_id": 1, "bbox": [1e308, 0, 1e308, 2], "score": 0.5}, "overflows"),
         ({"image_id": "FIRST", "category_id": 1, "bbox": [0, 0, 1, 2], "score": "high"}, "score must be a number"),
         ({"image_id": "FIRST", "category_id": 1, "bbox": [0, 0, 1, 2], "score": float("nan")}, "score must be"),
         ("not a dict", "is not an object"),
@@ -327,3 +329,31 @@ def test_evaluate_checks_predictions_match_the_dataset() -> None:
     too_high = Detections(boxes=[[0, 0, 5, 5]], scores=[0.5], class_ids=[len(dataset.classes)])
     with pytest.raises(DataError, match="class id"):
         evaluate(dataset, [too_high] + predictions[1:])
+
+
+@pytest.mark.parametrize(
+    "bbox, message",
+    [
+        ([1e308, 1e308, 1e308, 1e308], r"annotations\[0\] \(id 1\): bbox .* is outside the 640 x 480 image"),
+        (
+            [1, 1, 1e39, 10],
+            r"annotations\[0\] \(id 1\): bbox .* is outside the 640 x 480 image \(right edge at 1e\+39\)",
+        ),
+        ([10, 10, 0, 5], r"annotations\[0\] \(id 1\): bbox \[10, 10, 0, 5\] has zero area"),
+    ],
+)
+def test_bad_ground_truth_boxes_are_refused(bbox: list, message: str) -> None:
+    gt, results = random_coco(11, num_images=5)
+    gt["annotations"][0] = dict(gt["annotations"][0], bbox=bbox, area=1.0)
+    with pytest.raises(DataError, match=r"^ground truth: " + message):
+        evaluate_coco(gt, results)
+
+
+def test_ground_truth_image_without_size_still_bounds_boxes() -> None:
+    gt = {
+        "images": [{"id": 1}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 1e39, 10], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    with pytest.raises(DataError, match=r"annotations\[0\] \(id 7\): bbox .* is outside the 65535 x 65535 image"):
+        evaluate_coco(gt, [])
