@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from calibration.config import PTQ_ALGOS
 from edge_sdk.errors import RecipeError
+from edge_sdk.manifest import MAX_DETECTIONS, MAX_INPUT_SIDE, MAX_NMS_CANDIDATES
 from edge_sdk.schema import Schema, checked, to_plain
 
 ARCHS = ("mobilenet_v1", "darknet53", "mobilenet_v3_large")
@@ -40,7 +41,7 @@ class ModelSection:
 
     arch: str = checked("mobilenet_v1", choices=ARCHS)
     width: float = checked(1.0, minimum=0.05, maximum=4.0)
-    input_size: int = checked(608, minimum=32, multiple_of=32)
+    input_size: int = checked(608, minimum=32, maximum=MAX_INPUT_SIDE, multiple_of=32)
     pretrained: Optional[str] = None
     anchors: Union[None, str, List[List[float]]] = None
 
@@ -55,9 +56,9 @@ class DataSection:
     path: str = "synthetic"
     train: str = "train.json"
     val: str = "val.json"
-    images: int = checked(200, minimum=2)
+    images: int = checked(200, minimum=2, maximum=100_000)
     seed: int = 0
-    size: List[int] = checked([320, 320])
+    size: List[int] = checked([320, 320], maximum=4096)
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,8 @@ class PostprocessSection:
 
     conf_threshold: float = checked(0.005, minimum=0.0, maximum=1.0)
     nms_iou: float = checked(0.45, minimum=0.0, maximum=1.0)
-    nms_top_k: int = checked(1000, minimum=1)
-    keep_top_k: int = checked(100, minimum=1)
+    nms_top_k: int = checked(1000, minimum=1, maximum=MAX_NMS_CANDIDATES)
+    keep_top_k: int = checked(100, minimum=1, maximum=MAX_DETECTIONS)
     score_threshold: float = checked(0.3, minimum=0.0, maximum=1.0)
 
 
@@ -267,9 +268,11 @@ def _cross_check(recipe: Recipe) -> None:
         if not train.multi_scale:
             raise RecipeError("train.multi_scale: expected a non-empty list of sizes or null, got []")
         for i, s in enumerate(train.multi_scale):
-            if s < 32 or s % 32:
+            if not 32 <= s <= MAX_INPUT_SIDE or s % 32:
                 raise RecipeError(
-                    "train.multi_scale[{}]: expected an integer >= 32 and a multiple of 32, got {!r}".format(i, s)
+                    "train.multi_scale[{}]: expected an integer between 32 and {} and a multiple of 32, got {!r}".format(
+                        i, MAX_INPUT_SIDE, s
+                    )
                 )
     if train.schedule == "piecewise" and sorted(train.milestones) != list(train.milestones):
         raise RecipeError("train.milestones: expected increasing epochs, got {!r}".format(train.milestones))
