@@ -92,16 +92,16 @@ def stats_command(
     plot_path = None
     can_plot = not no_plot and plotting_available()
     if plot is not None and not no_plot:
-        if not can_plot:
-            raise DataError(
-                "--plot needs matplotlib, which is not installed (pip install matplotlib), or use --no-plot"
-            )
         if plot.is_dir():
             raise DataError(
                 "--plot {} is a folder: give the PNG file to write, e.g. {}".format(plot, plot / "box_sizes.png")
             )
         if not plot.parent.is_dir():
             raise DataError("--plot {}: folder {} does not exist".format(plot, plot.parent))
+        if not can_plot:
+            raise DataError(
+                "--plot needs matplotlib, which is not installed (pip install matplotlib), or use --no-plot"
+            )
     if can_plot:
         plot_path = plot if plot is not None else _default_plot_path(path)
     elif not no_plot:
