@@ -77,13 +77,13 @@ def self_check(bundle: Any, trusted_keys: Any = None) -> List[str]:
     """Problems the robot's install health check would find in `bundle` (a path or an opened
     Bundle); [] when it would pass.
 
-    Runs `device.install.health_check` on this machine's CPU with the robot's default settings
+    Runs `device.health.health_check` on this machine's CPU with the robot's default settings
     for the bundle's precision (`HealthSettings.for_precision`): the model loads, its detections on
     the golden images agree with golden.json within that precision's tolerances. Each problem is
     one line (today at most one: the health check's reason). A bundle without golden images passes
     (the robot skips the check with a warning). Raises BundleError when the bundle does not open.
     """
-    from device.install import HealthSettings, health_check
+    from device.health import HealthSettings, health_check
     from edge_sdk.bundle import opened_bundle
 
     with opened_bundle(bundle, trusted_keys=trusted_keys) as opened:

@@ -18,6 +18,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from device.predictor import SYSTEM_CACHE_ROOT
+from device.robot import parse_l4t_release
+
 OK, WARN, FAIL = "ok", "warn", "fail"
 
 # JetPack 5.1.x ships L4T 35.2 to 35.6; our Paddle Inference wheel is built for it.
@@ -25,7 +28,6 @@ SUPPORTED_L4T = ((35, 2), (35, 99))
 XAVIER_COMPUTE_CAPABILITY = "7.2"
 PADDLE_SERIES = "2.6"
 MIN_FREE_DISK_BYTES = 2 * 1024**3
-DEFAULT_ENGINE_CACHE = "/var/cache/edge-sdk/engines"
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,10 @@ class Probe:
     serial_ports: List[str] = field(default_factory=list)
     user_is_root: bool = False
     user_groups: List[str] = field(default_factory=list)
-    engine_cache: str = DEFAULT_ENGINE_CACHE
+    engine_cache: str = SYSTEM_CACHE_ROOT
     engine_cache_error: Optional[str] = None
     free_disk_bytes: Optional[int] = None
     power_mode: Optional[str] = None
-
-
-def parse_l4t_release(text: str) -> Optional[Tuple[int, int, int]]:
-    """`# R35 (release), REVISION: 3.1, ...` -> (35, 3, 1); None when it is not that format."""
-    match = re.search(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)(?:\.(\d+))?", text)
-    if not match:
-        return None
-    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
 def parse_power_mode(text: str) -> Optional[str]:
@@ -366,7 +360,7 @@ def _probe_paddle(p: Probe) -> None:
             p.gpu_kernel_error = lines[-1] if lines else "a GPU op failed"
 
 
-def probe_machine(root: str = "/", engine_cache: str = DEFAULT_ENGINE_CACHE, with_paddle: bool = True) -> Probe:
+def probe_machine(root: str = "/", engine_cache: str = SYSTEM_CACHE_ROOT, with_paddle: bool = True) -> Probe:
     """Read the machine. Files are read under `root`; Paddle is asked only when with_paddle."""
     p = Probe(python_version=tuple(sys.version_info[:3]))  # type: ignore[arg-type]
     p.paddle_probed = with_paddle

@@ -175,7 +175,7 @@ def open_run_bundle(bundle: Optional[str], root: Optional[str], trusted_keys: Op
         from edge_sdk.bundle import open_bundle
 
         return open_bundle(bundle, trusted_keys=trusted_keys or store_trusted_keys(root))
-    from device.install import active_bundle
+    from device.installed import active_bundle
     from device.store import DEFAULT_ROOT
 
     installed = active_bundle(root or DEFAULT_ROOT)

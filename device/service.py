@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from typing import List, Optional, Sequence
 
+from device.predictor import SYSTEM_CACHE_ROOT
 from edge_sdk.errors import InstallError
 from edge_sdk.fileio import atomic_write_text
 
@@ -49,7 +50,7 @@ def render_unit(
     user: str = "edge",
     watchdog_seconds: int = 30,
     restart_seconds: int = 2,
-    engine_cache: str = "/var/cache/edge-sdk/engines",
+    engine_cache: str = SYSTEM_CACHE_ROOT,
 ) -> str:
     """The unit file text. run_args: the arguments after `edge-sdk run`, e.g. ["--camera", "0"].
 

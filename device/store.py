@@ -12,7 +12,7 @@ Layout (everything under one root, default /var/lib/edge-sdk)::
     journal.json                        write-ahead record of a switch in progress (absent when idle)
     history.jsonl                       one JSON line per install, refusal, failure, rollback, recovery
     keys/                               trusted public keys (*.pem, *.pub)
-    robot.json                          optional description of this robot (see device.install)
+    robot.json                          optional description of this robot (see device.robot)
     lock                                flock(2) held by the process changing the store
 
 Every change is made so that a power cut at any instant leaves the active pointer on the old or

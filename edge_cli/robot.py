@@ -215,7 +215,8 @@ def install_command(
     """Verify a bundle, switch to it, health-check it and commit; restore the previous version on failure."""
     from rich.console import Console
 
-    from device.install import HealthSettings, install_bundle
+    from device.health import HealthSettings
+    from device.install import install_bundle
 
     console = Console(stderr=True)
     with console.status("installing {}".format(file.name)) as status:
@@ -315,9 +316,10 @@ def doctor(
 
     Checks Python, Paddle (CUDA, TensorRT, kernels for the GPU), JetPack/L4T, cameras, serial ports
     and dialout membership, the engine cache folder, free disk and the power mode."""
-    from device.doctor import DEFAULT_ENGINE_CACHE, FAIL, OK, WARN, diagnose, probe_machine
+    from device.doctor import FAIL, OK, WARN, diagnose, probe_machine
+    from device.predictor import SYSTEM_CACHE_ROOT
 
-    checks = diagnose(probe_machine(root, engine_cache or DEFAULT_ENGINE_CACHE, with_paddle=not skip_paddle))
+    checks = diagnose(probe_machine(root, engine_cache or SYSTEM_CACHE_ROOT, with_paddle=not skip_paddle))
     if as_json:
         typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

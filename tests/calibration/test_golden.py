@@ -48,7 +48,7 @@ def _ship(tiny_bundle, files, folder):
 
 
 def _health(path, folder):
-    from device.install import HealthSettings, health_check
+    from device.health import HealthSettings, health_check
 
     with open_bundle(path, staging_dir=folder) as bundle:
         return health_check(bundle, HealthSettings(device="cpu", fps_frames=1))
@@ -197,7 +197,7 @@ def test_int8_bundle_passes_its_own_golden_check_and_badly_calibrated_ones_do_no
 ):
     from calibration.golden import self_check
     from device.golden import PRECISION_TOLERANCES
-    from device.install import HealthSettings, health_check
+    from device.health import HealthSettings, health_check
 
     int8 = _int8_bundle(tiny_bundle, int8_dir, jpeg_golden, tmp_path / "int8")
     assert self_check(int8) == []

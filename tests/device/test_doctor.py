@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from device.doctor import FAIL, OK, WARN, Probe, diagnose, parse_l4t_release, parse_power_mode, probe_machine
+from device.doctor import FAIL, OK, WARN, Probe, diagnose, parse_power_mode, probe_machine
+from device.robot import parse_l4t_release
 
 JETPACK_51 = "# R35 (release), REVISION: 3.1, GCID: 32827747, BOARD: t186ref, EABI: aarch64, DATE: Sun Mar 19 15:19:21 UTC 2023\n"
 JETPACK_46 = "# R32 (release), REVISION: 7.1, GCID: 29818004, BOARD: t186ref, EABI: aarch64, DATE: Sat Feb 19 17:07:00 UTC 2022\n"

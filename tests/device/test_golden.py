@@ -288,7 +288,7 @@ def test_load_golden_without_golden_data_or_with_bad_data(tmp_path):
 
 def test_tolerance_follows_the_loosest_precision_and_settings_override_it():
     from device.golden import PRECISION_TOLERANCES, tolerance_for
-    from device.install import HealthSettings
+    from device.health import HealthSettings
 
     assert tolerance_for("fp32") == PRECISION_TOLERANCES["fp32"] == (0.9, 0.05, 0.1)
     assert tolerance_for("fp32", "fp16") == PRECISION_TOLERANCES["fp16"]

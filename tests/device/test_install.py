@@ -21,13 +21,10 @@ import numpy as np
 import pytest
 
 from device.golden import golden_files
-from device.install import (
-    HealthSettings,
-    InstalledBundle,
-    install_bundle,
-    list_versions,
-    version_key,
-)
+from device.health import HealthSettings
+from device.install import install_bundle, list_versions
+from device.installed import InstalledBundle
+from device.robot import version_key
 from device.store import Store
 from edge_sdk.bundle import TargetConstraints, open_bundle, write_bundle
 from edge_sdk.detections import Detections

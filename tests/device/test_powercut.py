@@ -3,8 +3,8 @@
 After every kill, recovery must leave the active version on the old or the new bundle (never
 neither, never a half-written one), verifiable by the sha256 of its stored .edgebundle and of every
 extracted file, with no journal or staging leftovers, and the store must accept the next install.
-The installer runs as `python -m device.install` (the small entry point) with --skip-health, so
-one install is a fraction of a second and the whole file runs in about a minute.
+The installer runs in a child process (`install_bundle` / `rollback` through `python -c`) without
+the health check, so one install is a fraction of a second and the whole file runs in about a minute.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from device.install import InstalledBundle, install_bundle, list_versions
+from device.install import install_bundle, list_versions
+from device.installed import InstalledBundle
 from device.store import CRASH_ENV, Store, recover
 from edge_sdk.bundle import InputSpec, Manifest, open_bundle, write_bundle
 from edge_sdk.fileio import file_sha256
@@ -48,13 +49,26 @@ def make_bundle(folder: Path, version: str) -> Path:
     return write_bundle(folder / "pc-{}.edgebundle".format(version), manifest, files)
 
 
+# The installer in a child process that can be killed: ROOT install BUNDLE [KEEP] | ROOT rollback.
+INSTALLER = """
+import sys
+from device.install import DEFAULT_KEEP, install_bundle, rollback
+root, command, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+if command == "rollback":
+    rollback(root)
+else:
+    keep = int(rest[1]) if len(rest) > 1 else DEFAULT_KEEP
+    install_bundle(rest[0], root, allow_downgrade=True, skip_health=True, keep=keep)
+"""
+
+
 def installer(root: Path, *args: str, crash_at: str = "") -> subprocess.Popen:
     env = dict(os.environ)
     env.pop(CRASH_ENV, None)
     if crash_at:
         env[CRASH_ENV] = crash_at
     return subprocess.Popen(
-        [sys.executable, "-m", "device.install", *args, "--root", str(root)],
+        [sys.executable, "-c", INSTALLER, str(root), *args],
         cwd=str(REPO),
         env=env,
         stdout=subprocess.DEVNULL,
@@ -63,7 +77,7 @@ def installer(root: Path, *args: str, crash_at: str = "") -> subprocess.Popen:
 
 
 def install_args(bundle: Path):
-    return ("install", str(bundle), "--skip-health", "--allow-downgrade")
+    return ("install", str(bundle))
 
 
 def run(root: Path, *args: str, crash_at: str = "") -> int:
@@ -132,7 +146,7 @@ def crash_at_every_point(template: Path, work: Path, bundle: Path, keep: int, al
     kills = 0
     for step in range(1, 500):
         root = fresh_copy(template, work)
-        args = install_args(bundle) + ("--keep", str(keep))
+        args = install_args(bundle) + (str(keep),)
         if run(root, *args, crash_at=str(step)) == 0:
             check_consistent(root, allowed)
             return kills
