@@ -35,7 +35,7 @@ def plot_stages(metrics: Sequence[Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edge_sdk.fileio import temp_path_for
+    from edge_sdk.fileio import atomic_output
 
     path = Path(path)
     names = [m.stage for m in metrics]
@@ -56,10 +56,9 @@ def plot_stages(metrics: Sequence[Any], path: Path) -> Path:
     ax_flops.set_title("compute per stage")
     fig.suptitle("accuracy vs size vs latency per compression stage")
     fig.tight_layout()
-    tmp = temp_path_for(path)
-    fig.savefig(str(tmp), dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(str(tmp), dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, Sequence
+
+from edge_sdk.fileio import atomic_output
 
 
 def plot_history(history: Sequence[Dict[str, Any]], path: Path) -> Path:
@@ -33,10 +34,7 @@ def plot_history(history: Sequence[Dict[str, Any]], path: Path) -> Path:
     ax_map.set_ylim(0, 1)
     ax_map.legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(".{}.tmp-{}.png".format(path.stem, os.getpid()))
-    fig.savefig(str(tmp), dpi=80)
+    with atomic_output(path) as tmp:
+        fig.savefig(str(tmp), dpi=80, format="png")
     plt.close(fig)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
     return path

@@ -18,7 +18,7 @@ import paddle.nn as nn
 from compress.config import DEFAULT_PRUNE_RATIOS
 from compress.prune import ChannelPruner
 from edge_sdk.errors import DataError
-from edge_sdk.fileio import atomic_write_text, fsync_and_replace, temp_path_for
+from edge_sdk.fileio import atomic_output, atomic_write_text
 
 CACHE_VERSION = 1
 Sensitivities = Dict[str, Dict[float, float]]
@@ -161,10 +161,9 @@ def plot_sensitivities(
     ax.axhline(0.0, color="grey", linewidth=0.5)
     ax.legend(fontsize=5, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=1 + len(sensitivities) // 40)
     fig.tight_layout()
-    tmp = temp_path_for(path)
-    fig.savefig(str(tmp), dpi=90)
+    with atomic_output(path) as tmp:
+        fig.savefig(str(tmp), dpi=90, format="png")
     plt.close(fig)
-    fsync_and_replace(tmp, path)
     return path
 
 

@@ -27,6 +27,7 @@ from compress.config import Recipe
 from compress.loss import YOLOv3Loss
 from edge_sdk.data.dataset import Dataset, ImageRecord
 from edge_sdk.errors import DataError, RecipeError
+from edge_sdk.fileio import atomic_output, atomic_write_text
 
 LAST_CHECKPOINT = "last.pdckpt"
 BEST_CHECKPOINT = "best.pdparams"
@@ -411,28 +412,12 @@ def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, net: nn.Layer, s
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
-    """paddle.save to a temporary name in the same folder, fsync, then os.replace."""
+    """paddle.save to `path` atomically (edge_sdk.fileio.atomic_output)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".{}.tmp-{}".format(path.name, os.getpid()))
-    try:
+    with atomic_output(path) as tmp:
         paddle.save(obj, str(tmp))
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(".{}.tmp-{}".format(path.name, os.getpid()))
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -765,7 +750,7 @@ def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
 
 
 def _write_history(out_dir: Path, history: List[Dict[str, Any]]) -> None:
-    _atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+    atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
     try:
         from compress.report import plot_history
 

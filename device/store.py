@@ -41,13 +41,12 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from edge_sdk.errors import InstallError
-from edge_sdk.fileio import fsync_dir, fsync_tree
+from edge_sdk.fileio import atomic_write_bytes, fsync_dir, fsync_tree, is_temp_name, temp_name_for
 
 DEFAULT_ROOT = "/var/lib/edge-sdk"
 BUNDLES = "bundles"
@@ -64,7 +63,6 @@ INSTALL_INFO = "install.json"
 STATUS = "status.json"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
-TMP_PREFIX = ".tmp-"
 POINTERS = (ACTIVE, PREVIOUS)
 CRASH_ENV = "EDGE_SDK_CRASH_AT"
 CHUNK_BYTES = 1 << 20
@@ -94,28 +92,14 @@ def now_iso() -> str:
 # ----------------------------------------------------------------------------- durable writes
 
 
-def atomic_write(path: Path, data: bytes, point: str) -> None:
-    """Replace `path` with `data`: temporary file in the same folder, fsync, os.replace, fsync folder."""
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=TMP_PREFIX + path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            crash_point(point + ".written")
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        crash_point(point + ".synced")
-        os.replace(tmp, str(path))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    crash_point(point + ".replaced")
-    fsync_dir(path.parent)
-
-
 def write_json(path: Path, doc: Any, point: str) -> None:
-    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"), point)
+    """Replace `path` with `doc` atomically (mode 0644); crash points POINT.written / .synced / .replaced."""
+    atomic_write_bytes(
+        path,
+        (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        mode=0o644,
+        on_step=lambda step: crash_point("{}.{}".format(point, step)),
+    )
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -263,7 +247,7 @@ class Store:
             return
         if self.pointer(name) == dirname:
             return
-        tmp = self.root / "{}{}.{}".format(TMP_PREFIX, name, uuid.uuid4().hex[:8])
+        tmp = temp_name_for(link)
         os.symlink(os.path.join(BUNDLES, dirname), str(tmp))
         crash_point("pointer.{}.linked".format(name))
         os.replace(str(tmp), str(link))
@@ -345,13 +329,13 @@ def recover(root: Any) -> List[str]:
 def _needs_recovery(store: Store) -> bool:
     if store.journal_path.exists():
         return True
-    if any(p.name.startswith(TMP_PREFIX) for p in store.root.iterdir()):
+    if any(is_temp_name(p.name) for p in store.root.iterdir()):
         return True
     if store.bundles.is_dir():
         for entry in store.bundles.iterdir():
-            if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX, TMP_PREFIX)):
+            if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)) or is_temp_name(entry.name):
                 return True
-            if entry.is_dir() and any(p.name.startswith(TMP_PREFIX) for p in entry.iterdir()):
+            if entry.is_dir() and any(is_temp_name(p.name) for p in entry.iterdir()):
                 return True
     return False
 
@@ -387,7 +371,7 @@ def recover_locked(store: Store) -> List[str]:
             actions.append("undid the interrupted {} of {}".format(doc.get("op"), target))
         store.clear_journal()
     for leftover in sorted(store.root.iterdir()):
-        if leftover.name.startswith(TMP_PREFIX):
+        if is_temp_name(leftover.name):
             os.unlink(str(leftover))
             actions.append("removed " + leftover.name)
     if store.bundles.is_dir():
@@ -395,11 +379,11 @@ def recover_locked(store: Store) -> List[str]:
             if leftover.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
                 shutil.rmtree(str(leftover), ignore_errors=True)
                 actions.append("removed " + leftover.name)
-            elif leftover.name.startswith(TMP_PREFIX):
+            elif is_temp_name(leftover.name):
                 os.unlink(str(leftover))
             elif leftover.is_dir():
                 for tmp in leftover.iterdir():
-                    if tmp.name.startswith(TMP_PREFIX):
+                    if is_temp_name(tmp.name):
                         os.unlink(str(tmp))
                         actions.append("removed {}/{}".format(leftover.name, tmp.name))
     if actions:

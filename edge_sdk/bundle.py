@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 from edge_sdk.errors import BundleError, IntegrityError, ManifestError, SignatureError, UnsafeArchiveError
-from edge_sdk.fileio import fsync_dir
+from edge_sdk.fileio import atomic_output
 from edge_sdk.manifest import (  # re-exported: the bundle module is where users meet the manifest
     FileEntry,
     InputSpec,
@@ -715,11 +715,8 @@ def write_bundle(
     Manifest.from_bytes(manifest_bytes)  # a manifest that would not load must not be written
     mtime = _mtime(manifest)
 
-    # The name is chosen before the file exists, so an interruption at any point can remove it.
-    tmp = out.parent / ".{}.{}.tmp".format(out.name, os.urandom(6).hex())
-    try:
-        fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-        with os.fdopen(fd, "wb") as f:
+    with atomic_output(out) as tmp:
+        with open(str(tmp), "wb") as f:
             xz = lzma.LZMAFile(f, mode="wb", format=lzma.FORMAT_XZ, preset=XZ_PRESET)
             with xz, tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 tar.addfile(_tar_info(MANIFEST_NAME, len(manifest_bytes), mtime), _BytesReader(manifest_bytes))
@@ -736,19 +733,11 @@ def write_bundle(
                     else:
                         with open(str(source), "rb") as src:
                             tar.addfile(info, src)
-            f.flush()
-            os.fsync(f.fileno())
         limits = _Limits(DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_MEMBERS)
         try:
             _scan(tmp, limits, None, None)
         except IntegrityError as exc:
             raise BundleError("a source file changed while the bundle was written: {}".format(exc)) from None
-        os.replace(str(tmp), str(out))
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-    fsync_dir(out.parent)
     return out
 
 

@@ -1,50 +1,106 @@
-"""Atomic file writes: a temp name in the same folder, fsync, os.replace. Readers see the old file
-or the whole new one, never half of it (a power cut included)."""
+"""Atomic file writes: a temp name in the same folder, fsync, rename, fsync the folder. Readers see
+the old file or the whole new one, never half of it (a power cut included).
+
+`atomic_output` is the one mechanism (for writers that need a path: savefig, paddle.save, a tar
+writer); `atomic_write_bytes` / `atomic_write_text` are it for data already in memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import re
 from pathlib import Path
-from typing import Union
+from typing import Callable, Iterator, Optional, Union
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> Path:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+def temp_name_for(path: Union[str, Path]) -> Path:
+    """A fresh hidden name beside `path`: .NAME.<12 hex digits>.tmp."""
     path = Path(path)
-    tmp = path.with_name(".{}.{}.tmp".format(path.name, os.getpid()))
+    return path.with_name(".{}.{}.tmp".format(path.name, os.urandom(6).hex()))
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` is one `temp_name_for` makes (a leftover of an interrupted write)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: Union[str, Path],
+    mode: Optional[int] = None,
+    overwrite: bool = True,
+    on_step: Optional[Callable[[str], None]] = None,
+) -> Iterator[Path]:
+    """Yield a new empty temp file beside `path` for the caller to write; on a clean exit it becomes `path`.
+
+    The temp file is fsynced, moved to `path` and the folder fsynced; on an exception it is removed and
+    `path` is untouched. mode: exact permission bits from creation on (None: 0o666 minus the umask).
+    overwrite=False: raise FileExistsError rather than replace an existing `path` (never a race: link).
+    on_step: called with "written", "synced" and "replaced" between the steps (power-cut tests).
+    """
+    path = Path(path)
+    tmp = temp_name_for(path)
+    step = on_step or (lambda name: None)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(str(tmp), flags, 0o666 if mode is None else mode)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+        finally:
+            os.close(fd)
+        yield tmp
+        step("written")
+        fd = os.open(str(tmp), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        step("synced")
+        if overwrite:
+            os.replace(str(tmp), str(path))
+        else:
+            _link_new(tmp, path)
+    finally:
+        if os.path.lexists(str(tmp)):
+            os.unlink(str(tmp))
+    step("replaced")
     fsync_dir(path.parent)
-    return path
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    try:
+        os.link(str(tmp), str(path))  # atomic and never overwrites
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(str(tmp), str(path))
+
+
+def atomic_write_bytes(
+    path: Union[str, Path],
+    data: bytes,
+    mode: Optional[int] = None,
+    overwrite: bool = True,
+    on_step: Optional[Callable[[str], None]] = None,
+) -> Path:
+    """Write `data` to `path` so that readers see either the old file or the whole new one (see atomic_output)."""
+    with atomic_output(path, mode=mode, overwrite=overwrite, on_step=on_step) as tmp:
+        with open(str(tmp), "wb") as handle:
+            handle.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
     """`atomic_write_bytes` of `text` encoded as UTF-8."""
     return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def temp_path_for(path: Union[str, Path]) -> Path:
-    """A temporary name beside `path`, with the same suffix (for writers that pick a format by suffix)."""
-    path = Path(path)
-    return path.with_name(".{}.{}.tmp{}".format(path.stem, os.getpid(), path.suffix))
-
-
-def fsync_and_replace(tmp: Path, path: Path) -> None:
-    """fsync an already-written temp file and move it over `path`."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(Path(path).parent)
 
 
 def fsync_dir(folder: Union[str, Path]) -> None:

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge_sdk.errors import BundleError, SignatureError
+from edge_sdk.fileio import atomic_write_bytes
 
 ALGORITHM = "ed25519"
 PUBLIC_KEY_SUFFIXES = (".pem", ".pub")
@@ -107,27 +108,11 @@ def load_trusted_keys(paths: Union[PathLike, Iterable[PathLike]]) -> Dict[str, E
 
 
 def _publish_new(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a new file `path` atomically (temp, fsync, link); refuse an existing file."""
-    # The name is chosen before the file exists, so an interruption at any point can remove it.
-    tmp = str(path.parent / ".{}.{}.tmp".format(path.name, os.urandom(6).hex()))
+    """Write `data` to a new file `path` atomically, with exactly `mode`; refuse an existing file."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-        os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, str(path))  # atomic and never overwrites
-        except FileExistsError:
-            raise BundleError("{} already exists; refusing to overwrite it".format(path)) from None
-        except OSError:  # a filesystem without hard links
-            if path.exists():
-                raise BundleError("{} already exists; refusing to overwrite it".format(path)) from None
-            os.replace(tmp, str(path))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write_bytes(path, data, mode=mode, overwrite=False)
+    except FileExistsError:
+        raise BundleError("{} already exists; refusing to overwrite it".format(path)) from None
 
 
 def generate_keypair(private_path: PathLike, public_path: PathLike) -> str:

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 
 from edge_sdk.data.dataset import Dataset
-from edge_sdk.fileio import fsync_and_replace, temp_path_for
+from edge_sdk.fileio import atomic_output
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -107,12 +107,6 @@ def plot_box_sizes(dataset: Dataset, out_path: Union[str, Path], bins: int = 30)
     axes.set_title("{} boxes in {} images ({})".format(len(everything), len(dataset.images), dataset.source.name))
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    tmp = temp_path_for(out)
-    try:
+    with atomic_output(out) as tmp:
         figure.savefig(str(tmp), format="png")
-        fsync_and_replace(tmp, out)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
     return out
