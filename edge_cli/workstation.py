@@ -69,8 +69,8 @@ def _relaunch(gpus: str, workdir: Path, recipe_path: Path, data: Optional[Path],
     import shutil
     import tempfile
 
-    from compress.pipeline import prepare_data
     from compress.config import load_recipe
+    from compress.pipeline import prepare_data
     from edge_cli.launcher import check_cuda_devices, run_launcher
     from edge_sdk.errors import RecipeError
 
@@ -135,8 +135,8 @@ def _run_pipeline(
 ) -> None:
     from rich.console import Console
 
-    from compress.pipeline import run
     from compress.config import load_recipe
+    from compress.pipeline import run
     from compress.train import TrainingInterrupted
 
     console = Console(stderr=True)
