@@ -141,6 +141,8 @@ class RunOptions:
     preview: Optional[str] = None
     record: Optional[str] = None
     jsonl: Optional[str] = None
+    coco_results: Optional[str] = None
+    coco_gt: Optional[str] = None
     max_frames: Optional[int] = None
     precision: Optional[str] = None
     device: str = "auto"
@@ -224,7 +226,7 @@ class _SignalStop:
 
 
 def _open_sinks(options: RunOptions, classes: Sequence[str]) -> List[Any]:
-    if not any((options.serial, options.jsonl, options.record, options.preview)):
+    if not any((options.serial, options.jsonl, options.record, options.preview, options.coco_results)):
         return []
     from device.sinks import open_sinks
 
@@ -236,6 +238,8 @@ def _open_sinks(options: RunOptions, classes: Sequence[str]) -> List[Any]:
             jsonl=options.jsonl,
             record=options.record,
             preview=options.preview,
+            coco_results=options.coco_results,
+            coco_gt=options.coco_gt,
             classes=tuple(classes),
         )
     )
@@ -309,9 +313,9 @@ def run(
                     sink.close()
                 except Exception as exc:  # close every sink even if one fails
                     errors.append(exc)
-                recorded = sink.recorded_files() if hasattr(sink, "recorded_files") else []
-                if recorded:
-                    log("recorded {}".format(", ".join(str(path) for path in recorded)))
+                report = sink.report() if hasattr(sink, "report") else ""
+                if report:
+                    log(report)
             if source is not None:
                 source.close()
             if telemetry is not None:

@@ -55,6 +55,19 @@ def run_command(
     jsonl: Optional[str] = typer.Option(
         None, "--jsonl", help="Write one JSON line per frame to FILE, or '-' for stdout."
     ),
+    coco_results: Optional[Path] = typer.Option(
+        None,
+        "--coco-results",
+        help="Write the detections as COCO results JSON to FILE at the end, for `edge-sdk eval --gt GT --dt FILE` "
+        "(use a low --score-threshold such as 0.01 for mAP). image_id: the frame_id (position in the file or "
+        "folder) and category_id: the class index, unless --coco-gt gives them.",
+    ),
+    coco_gt: Optional[Path] = typer.Option(
+        None,
+        "--coco-gt",
+        help="COCO ground truth of the --source folder: image_id is the id it gives the image's file name "
+        "(images it does not list are left out) and category_id the id of the category named like the class.",
+    ),
     max_frames: Optional[int] = typer.Option(
         None, "--max-frames", min=1, help="Stop after this many processed frames."
     ),
@@ -120,6 +133,8 @@ def run_command(
     """
     from device.runtime import RunOptions, run
 
+    if coco_gt is not None and coco_results is None:
+        raise typer.BadParameter("goes with --coco-results FILE", param_hint="--coco-gt")
     options = RunOptions(
         source=_source_uri(camera, source),
         bundle=str(bundle) if bundle else None,
@@ -130,6 +145,8 @@ def run_command(
         preview=preview,
         record=str(record) if record else None,
         jsonl=jsonl,
+        coco_results=str(coco_results) if coco_results else None,
+        coco_gt=str(coco_gt) if coco_gt else None,
         max_frames=max_frames,
         precision=precision,
         device=device,

@@ -1,8 +1,10 @@
-"""The runtime's outputs: serial (to the robot controller), JSON lines, annotated recording, live preview.
+"""The runtime's outputs: serial (to the robot controller), JSON lines, annotated recording, live
+preview, COCO results.
 
 Every sink has `write(frame, detections, stats)` (returns at once: I/O happens on the sink's own
-thread behind a bounded, latest-only or drop-counting queue), `close()` (idempotent) and
-`status(state, message)` (vision degraded or recovered: "ok", "reconnecting", "stale", "ended").
+thread behind a bounded, latest-only or drop-counting queue, or is kept for `close()`), `close()`
+(idempotent) and `status(state, message)` (vision degraded or recovered: "ok", "reconnecting",
+"stale", "ended"). A sink may have `report()`: one line the run prints when it ends.
 
 `stats` keys (any may be missing): fps, latency_ms_p50, latency_ms_p99, dropped_frames, frames,
 source_state ("ok" | "reconnecting" | "stale" | "ended"), temperatures ({name: deg C}), gpu_load
@@ -39,12 +41,15 @@ def open_sinks(
     jsonl: Optional[str] = None,
     record: Optional[str] = None,
     preview: Optional[str] = None,
+    coco_results: Optional[str] = None,
+    coco_gt: Optional[str] = None,
     classes: Sequence[str] = (),
 ) -> List[Sink]:
     """Open the sinks asked for; on any failure close those already open and raise SinkError.
 
     serial: device path or pyserial URL. jsonl: file path or "-" (stdout). record: video path
-    (.avi or .mp4, rotated by size). preview: "HOST:PORT" of the HTTP preview.
+    (.avi or .mp4, rotated by size). preview: "HOST:PORT" of the HTTP preview. coco_results: COCO
+    results JSON written at the end, ids from the COCO ground truth `coco_gt` when given.
     """
     sinks: List[Sink] = []
     try:
@@ -64,6 +69,10 @@ def open_sinks(
             from .preview import PreviewSink
 
             sinks.append(PreviewSink(preview, classes=classes))
+        if coco_results:
+            from .coco_results import CocoResultsSink
+
+            sinks.append(CocoResultsSink(coco_results, classes=classes, gt=coco_gt))
     except BaseException:
         close_all(sinks)
         raise

@@ -95,6 +95,11 @@ class RecorderSink:
         """The files this sink wrote that are still there, oldest first (final names, after rotation)."""
         return [p for p in self._written if p.exists()]
 
+    def report(self) -> str:
+        """One line for the end of the run: the files written."""
+        recorded = self.recorded_files()
+        return "recorded {}".format(", ".join(str(path) for path in recorded)) if recorded else ""
+
     def _numbered(self) -> List[Path]:
         found = [p for p in self.folder.iterdir() if self._pattern.match(p.name)]
         return sorted(found, key=self._index_of)

@@ -115,6 +115,44 @@ def test_a_video_run_processes_every_frame_up_to_max_frames(tiny_bundle, tmp_pat
     assert frames[-1]["stats"]["dropped_frames"] == 0
 
 
+def test_a_run_over_a_coco_image_folder_writes_results_eval_can_score(tiny_bundle, tmp_path):
+    from edge_sdk.data.synth import synthesize
+
+    synthesize(tmp_path / "pcb", 5, seed=0, size=(128, 128), val_fraction=0.4, progress=False, workers=1)
+    gt = tmp_path / "pcb" / "val.json"
+    val_ids = sorted(image["id"] for image in json.loads(gt.read_text())["images"])
+    results = tmp_path / "results.json"
+    result = edge_sdk(
+        "run",
+        "--source",
+        str(tmp_path / "pcb" / "images"),
+        "--bundle",
+        str(tiny_bundle),
+        "--coco-results",
+        str(results),
+        "--coco-gt",
+        str(gt),
+        "--score-threshold",
+        "0.01",
+        "--threads",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+    detections = json.loads(results.read_text())
+    assert detections and {d["image_id"] for d in detections} <= set(val_ids)
+    assert all(len(d["bbox"]) == 4 and 1 <= d["category_id"] <= 6 for d in detections)
+    assert "on 2 images to {} (3 images not in {} left out)".format(results, gt) in result.stderr
+    scored = edge_sdk("eval", "--gt", str(gt), "--dt", str(results), "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["num_detections"] == len(detections)
+
+
+def test_coco_gt_without_coco_results_is_one_line(tiny_bundle, video, tmp_path):
+    result = edge_sdk("run", "--source", str(video), "--bundle", str(tiny_bundle), "--coco-gt", "val.json")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and "--coco-results" in result.stderr
+
+
 def _read_datagrams(server: socket.socket, until: str, timeout: float) -> list:
     messages = []
     deadline = time.monotonic() + timeout
