@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import paddle
 import paddle.nn as nn
@@ -31,7 +31,15 @@ from edge_sdk.manifest import (
     TensorRTHints,
 )
 
-__all__ = ["InferenceModel", "count_params", "export_bundle", "export_inference", "model_flops", "tensorrt_hints"]
+__all__ = [
+    "InferenceModel",
+    "count_params",
+    "export_bundle",
+    "export_inference",
+    "model_flops",
+    "rewrite_bundle",
+    "tensorrt_hints",
+]
 
 MODEL_FILES = ("model/model.pdmodel", "model/model.pdiparams")
 LAYER_NAMES_MEMBER = "model/model.layers.json"
@@ -253,3 +261,32 @@ def export_bundle(
         for arcname, source in (extra_files or {}).items():
             files[arcname] = source if isinstance(source, bytes) else Path(os.fspath(source))
         return Path(write_bundle(out_path, manifest, files, signing_key=signing_key))
+
+
+def rewrite_bundle(
+    draft: Any,
+    out: Path,
+    metrics: Any = None,
+    extra_files: Optional[Dict[str, Any]] = None,
+    recipe_sha256: Optional[str] = None,
+) -> Path:
+    """Re-write bundle `draft` (a path, or a Bundle already opened) as `out` with the very same member
+    files (the model that was measured is byte for byte the one shipped), plus `extra_files` (archive
+    name -> bytes or path); `metrics` and `recipe_sha256` (provenance) replace the manifest's when given."""
+    import dataclasses
+
+    from edge_sdk.bundle import opened_bundle, write_bundle
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with opened_bundle(draft) as bundle:
+        manifest = dataclasses.replace(bundle.manifest, files=(), created_at="")
+        if metrics is not None:
+            manifest = dataclasses.replace(manifest, metrics=tuple(metrics))
+        if recipe_sha256 is not None:
+            manifest = dataclasses.replace(
+                manifest, provenance=dataclasses.replace(manifest.provenance, recipe_sha256=recipe_sha256)
+            )
+        files = {entry.path: bundle.path_of(entry.path) for entry in bundle.manifest.files}
+        files.update(extra_files or {})
+        return Path(write_bundle(out, manifest, files))

@@ -224,9 +224,8 @@ def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any
     """Export `net` as WORKDIR/<stage>/model.edgebundle with export.golden_images golden images (its own
     detections, see device.golden) and measure it; returns (StageMetrics, per-class AP list)."""
     from calibration.golden import make_golden
-    from compress.export import export_bundle
+    from compress.export import export_bundle, rewrite_bundle
     from compress.flops import count_params, model_flops
-    from compress.pipeline import rewrite_bundle
     from edge_sdk.bundle import open_bundle
 
     size = ctx.input_size
@@ -264,7 +263,7 @@ def golden_members(bundle: Any) -> Dict[str, bytes]:
 
 def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[float], params: Optional[float]) -> Any:
     """(StageMetrics, per-class AP list) of `bundle` run through device.detector.Detector on the val set."""
-    from compress.pipeline import measure_bundle
+    from compress.measure import measure_bundle
     from edge_sdk.manifest import StageMetrics
 
     ctx.log("measuring the {} bundle on {} val images".format(stage, len(ctx.val_set)))
@@ -620,14 +619,13 @@ def make_context(
     resume: bool = False,
     prepared: bool = False,
 ) -> StageContext:
-    """The StageContext of `recipe` in `workdir`. data_dir: as compress.pipeline.prepare_data takes it, or,
+    """The StageContext of `recipe` in `workdir`. data_dir: as compress.data.prepare_data takes it, or,
     with prepared=True, the folder prepare_data returned."""
-    from compress.pipeline import _sha256_files, prepare_data
+    from compress.data import data_sha256, prepare_data
     from compress.train import load_datasets
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir) if prepared else prepare_data(recipe, workdir, data_dir, progress)
     train_set, val_set = load_datasets(recipe, data)
-    digest = _sha256_files([data / recipe.data.train, data / recipe.data.val])
-    return StageContext(recipe, workdir, data, digest, train_set, val_set, progress, log, resume)
+    return StageContext(recipe, workdir, data, data_sha256(recipe, data), train_set, val_set, progress, log, resume)

@@ -70,7 +70,7 @@ def _relaunch(gpus: str, workdir: Path, recipe_path: Path, data: Optional[Path],
     import tempfile
 
     from compress.config import load_recipe
-    from compress.pipeline import prepare_data
+    from compress.data import prepare_data
     from edge_cli.launcher import check_cuda_devices, run_launcher
     from edge_sdk.errors import RecipeError
 
