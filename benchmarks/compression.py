@@ -107,7 +107,7 @@ def main() -> int:
 
     from compress.config import load_recipe
     from compress.pipeline import run
-    from compress.stages import StageStore
+    from compress.stage_cache import StageStore
 
     recipe = load_recipe(args.recipe)
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))

@@ -16,7 +16,7 @@ import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from calibration.config import PTQ_ALGOS
 from edge_sdk.errors import RecipeError
@@ -25,6 +25,7 @@ from edge_sdk.schema import Schema, checked, to_plain
 
 ARCHS = ("mobilenet_v1", "darknet53", "mobilenet_v3_large")
 STAGES = ("train", "prune", "distill", "int8", "export")
+"""The names a recipe's `stages` may use, in the order they run (what each does: compress.stages.STAGE_TABLE)."""
 DEFAULT_PRUNE_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 WEIGHT_QUANTIZE_TYPES = ("channel_wise_abs_max", "abs_max")
 ACTIVATION_QUANTIZE_TYPES = ("moving_average_abs_max", "range_abs_max", "abs_max")
@@ -227,7 +228,7 @@ class Recipe:
     qat: QATSection = field(default_factory=QATSection)
     export: ExportSection = field(default_factory=ExportSection)
     output: OutputSection = field(default_factory=OutputSection)
-    stages: List[str] = checked(["train", "export"])
+    stages: List[str] = checked(["train", "export"], choices=STAGES)
     source: str = ""
     """Path the recipe was loaded from ("" when built in code); not a YAML field."""
     sha256: str = ""
@@ -292,22 +293,28 @@ def _cross_check(recipe: Recipe) -> None:
         raise RecipeError(
             "data.size: expected [width, height] of at least 32 pixels, got {!r}".format(recipe.data.size)
         )
-    for i, stage in enumerate(recipe.stages):
+    check_stages(recipe.stages)
+
+
+def check_stages(stages: Sequence[str]) -> List[str]:
+    """`stages` (the recipe's, or those --stages picks) as a list, checked: known names, each at most once,
+    in the order of STAGES. RecipeError in one line otherwise."""
+    stages = list(stages)
+    for stage in stages:
         if stage not in STAGES:
             hint = difflib.get_close_matches(stage, STAGES, n=1)
             raise RecipeError(
-                "stages[{}]: expected one of {}, got {!r}{}".format(
-                    i, ", ".join(STAGES), stage, " (did you mean {!r}?)".format(hint[0]) if hint else ""
+                "unknown stage {!r}: expected one of {}{}".format(
+                    stage, ", ".join(STAGES), " (did you mean {!r}?)".format(hint[0]) if hint else ""
                 )
             )
-    if len(set(recipe.stages)) != len(recipe.stages) or [s for s in STAGES if s in recipe.stages] != list(
-        recipe.stages
-    ):
+    if [s for s in STAGES if s in stages] != stages:
         raise RecipeError(
-            "stages: expected each stage at most once, in the order {}, got {!r}".format(
-                ", ".join(STAGES), recipe.stages
+            "stages: expected each stage at most once, in the order {}, got {}".format(
+                ", ".join(STAGES), ", ".join(stages)
             )
         )
+    return stages
 
 
 def _check_compression(recipe: Recipe) -> None:

@@ -1,4 +1,4 @@
-"""The compress driver: data, then the recipe's stages (compress.stages: train -> prune -> distill -> int8,
+"""The compress driver: data, then the recipe's stages (compress.stages.STAGE_TABLE: train -> prune -> distill -> int8,
 each cached in WORKDIR/<stage>/ and measured through device.detector.Detector, the code that ships), then
 export: the last stage's bundle re-written with every stage's metrics, and WORKDIR/report.md + stages.png.
 
@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from compress.config import Recipe
+from compress.config import Recipe, check_stages
+from compress.stage_cache import DONE_FILE, StageRecord, StageStore
+from compress.stages import STAGE_TABLE, StageContext, stage_key
+from edge_sdk.errors import RecipeError
 
 
 @dataclass
@@ -50,21 +54,12 @@ def run(
     from compress.compression_report import write_report
     from compress.data import wait_for_data
     from compress.export import rewrite_bundle
-    from compress.stages import (
-        PARALLEL_DIR,
-        StageStore,
-        follow_finetune_jobs,
-        make_context,
-        post_finished,
-        run_stages,
-        stage_key,
-        validate_stages,
-    )
+    from compress.stages import PARALLEL_DIR, follow_finetune_jobs, post_finished
     from compress.train import train
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    chosen = validate_stages(stages) if stages is not None else list(recipe.stages)
+    chosen = check_stages(stages) if stages is not None else list(recipe.stages)
     rank = paddle.distributed.get_rank()
     if rank != 0:
         data = wait_for_data(recipe, workdir, data_dir)
@@ -118,6 +113,90 @@ def run(
     report = write_report(workdir, metrics, bundle, notes)
     log("report: {}".format(report))
     return CompressResult(bundle=bundle, metrics=metrics, history=history, per_class=per_class, report=report)
+
+
+@dataclass
+class StagesResult:
+    """records: every stage record of the pipeline that exists, in order; ran: the stages computed now."""
+
+    records: List[StageRecord]
+    ran: List[str]
+
+
+def run_stages(ctx: StageContext, pipeline: Sequence[str], selected: Optional[Sequence[str]] = None) -> StagesResult:
+    """Run the cached stages of `pipeline` (the recipe's stages) that are in `selected` (default: all).
+
+    A selected stage whose key matches its done-record is reused. A stage that is not selected is read
+    from disk when a later selected stage needs it; missing, it raises RecipeError in one line.
+    """
+    pipeline = check_stages(pipeline)
+    chosen = check_stages(selected) if selected is not None else list(pipeline)
+    for stage in chosen:
+        if stage not in pipeline:
+            raise RecipeError("--stages: {} is not one of the recipe's stages ({})".format(stage, ", ".join(pipeline)))
+    store = StageStore(ctx.workdir)
+    records: Dict[str, StageRecord] = {}
+    ran: List[str] = []
+    cached = [s for s in pipeline if STAGE_TABLE[s].cached]
+    last_needed = max((cached.index(s) for s in chosen if s in cached), default=-1)
+    if "export" in chosen:
+        last_needed = len(cached) - 1
+    for index, stage in enumerate(cached[: last_needed + 1]):
+        previous = records.get(cached[index - 1]) if index > 0 else None
+        key = stage_key(stage, ctx.recipe, previous.output_sha256 if previous else "", ctx.data_sha256)
+        existing = store.read(stage)
+        if stage not in chosen:
+            if existing is None:
+                raise RecipeError(
+                    "stage {} needs the output of stage {}, and {} has none: run --stages {} first".format(
+                        _next_chosen(cached, chosen, index), stage, ctx.workdir / stage, stage
+                    )
+                )
+            if existing.key != key:
+                ctx.log("note: using the {} stage's output although its inputs changed since".format(stage))
+            records[stage] = existing
+            continue
+        if existing is not None and existing.key == key:
+            ctx.log("{}: unchanged, reusing {}".format(stage, ctx.workdir / stage / DONE_FILE))
+            records[stage] = existing
+            continue
+        ctx.log("{}: running".format(stage))
+        started = time.time()
+        store.folder(stage)
+        store.invalidate(stage)
+        inputs = [records[name] for name in STAGE_TABLE[stage].inputs]
+        files, metrics, info = STAGE_TABLE[stage].run(ctx, previous, *inputs)
+        records[stage] = store.write(stage, key, files, metrics, info, time.time() - started)
+        ran.append(stage)
+    return StagesResult([records[s] for s in cached if s in records], ran)
+
+
+def _next_chosen(cached: Sequence[str], chosen: Sequence[str], index: int) -> str:
+    for stage in cached[index + 1 :]:
+        if stage in chosen:
+            return stage
+    return "export"
+
+
+def make_context(
+    recipe: Recipe,
+    workdir: Path,
+    data_dir: Optional[Path] = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+    prepared: bool = False,
+) -> StageContext:
+    """The StageContext of `recipe` in `workdir`. data_dir: as compress.data.prepare_data takes it, or,
+    with prepared=True, the folder prepare_data returned."""
+    from compress.data import data_sha256, prepare_data
+    from compress.train import load_datasets
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = Path(data_dir) if prepared else prepare_data(recipe, workdir, data_dir, progress)
+    train_set, val_set = load_datasets(recipe, data)
+    return StageContext(recipe, workdir, data, data_sha256(recipe, data), train_set, val_set, progress, log, resume)
 
 
 def _read_history(path: Path) -> List[Dict[str, Any]]:

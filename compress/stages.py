@@ -1,8 +1,9 @@
-"""The compression stages after training, each cached on disk: train -> prune -> distill -> int8 -> export.
+"""The compression stages, one table (STAGE_TABLE): train -> prune -> distill -> int8 -> export; the driver
+that runs them is compress.pipeline.
 
-Every stage writes its outputs under WORKDIR/<stage>/ and, last and atomically, WORKDIR/<stage>/done.json:
-the stage key, the sha256 of its outputs, its measured StageMetrics and a few facts (ratios, FLOPs,
-quantization). The key is the sha256 of (the stage's recipe sections, the previous stage's output sha256,
+Every stage writes its outputs under WORKDIR/<stage>/ and, last and atomically, WORKDIR/<stage>/done.json
+(compress.stage_cache): the stage key, the sha256 of its outputs, its measured StageMetrics and a few facts
+(ratios, FLOPs, quantization). The key is the sha256 of (the stage's recipe sections, the previous stage's output sha256,
 the data sha256), so a re-run recomputes a stage only when one of those changed; a stage that is
 recomputed changes its output hash, which invalidates every later stage.
 
@@ -31,49 +32,33 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from compress.config import Recipe
+from compress.stage_cache import StageRecord
 from edge_sdk.errors import RecipeError
 from edge_sdk.fileio import file_sha256
+from edge_sdk.schema import to_plain
 
-STAGE_ORDER = ("train", "prune", "distill", "int8", "export")
-CACHED_STAGES = ("train", "prune", "distill", "int8")
-DONE_FILE = "done.json"
 BUNDLE_FILE = "model.edgebundle"
 CACHE_VERSION = 4
 PARALLEL_DIR = ".parallel"
 FINISHED_FILE = "finished"
 
-SECTIONS = {
-    "train": ("model", "data", "train", "export"),
-    "prune": ("prune", "train", "export"),
-    "distill": ("distill", "train", "export"),
-    "int8": ("int8", "qat", "export"),
-}
-"""The recipe sections each stage's key covers (train's hyper-parameters also drive the fine-tuning)."""
 
-
-def section_of(recipe: Any, name: str) -> Any:
+def section_of(recipe: Recipe, name: str) -> Any:
     """The recipe's section `name` (a compress.config.Recipe field)."""
     return getattr(recipe, name)
 
 
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def stage_key(stage: str, recipe: Any, previous_sha256: str, data_sha256: str) -> str:
+def stage_key(stage: str, recipe: Recipe, previous_sha256: str, data_sha256: str) -> str:
     """sha256 over the stage's recipe sections, the previous stage's output sha256 and the data sha256."""
     document = {
         "version": CACHE_VERSION,
         "stage": stage,
-        "sections": {name: _plain(section_of(recipe, name)) for name in SECTIONS[stage]},
+        "sections": {name: to_plain(section_of(recipe, name)) for name in STAGE_TABLE[stage].sections},
         "previous": previous_sha256,
         "data": data_sha256,
     }
@@ -81,89 +66,10 @@ def stage_key(stage: str, recipe: Any, previous_sha256: str, data_sha256: str) -
 
 
 @dataclass
-class StageRecord:
-    """A finished stage, as stored in WORKDIR/<stage>/done.json.
-
-    files: role -> file name inside the stage folder ("checkpoint", "bundle"); output_sha256: over
-    those files; metrics: StageMetrics.to-dict; info: stage facts; reused: True when read from disk.
-    """
-
-    stage: str
-    key: str
-    output_sha256: str
-    files: Dict[str, str]
-    metrics: Dict[str, Any]
-    info: Dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    reused: bool = False
-
-    def path(self, workdir: Path, role: str) -> Path:
-        return Path(workdir) / self.stage / self.files[role]
-
-    def stage_metrics(self) -> Any:
-        from edge_sdk.manifest import StageMetrics
-
-        return StageMetrics(**self.metrics)
-
-
-class StageStore:
-    """Done-records under WORKDIR/<stage>/done.json."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = Path(workdir)
-
-    def folder(self, stage: str) -> Path:
-        path = self.workdir / stage
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def invalidate(self, stage: str) -> None:
-        """Remove the stage's done-record before it is recomputed: a run that fails half-way must not leave
-        an old record describing files it has already overwritten."""
-        from edge_sdk.fileio import fsync_dir
-
-        path = self.workdir / stage / DONE_FILE
-        if path.exists():
-            path.unlink()
-            fsync_dir(path.parent)
-
-    def read(self, stage: str) -> Optional[StageRecord]:
-        """The stage's record when it exists and all its files are still there, else None."""
-        path = self.workdir / stage / DONE_FILE
-        try:
-            data = json.loads(path.read_text())
-            record = StageRecord(**{k: v for k, v in data.items() if k != "reused"})
-        except (OSError, ValueError, TypeError):
-            return None
-        if not all((self.workdir / stage / name).is_file() for name in record.files.values()):
-            return None
-        record.reused = True
-        return record
-
-    def write(
-        self, stage: str, key: str, files: Dict[str, str], metrics: Any, info: Dict[str, Any], seconds: float
-    ) -> StageRecord:
-        from edge_sdk.fileio import atomic_write_text
-
-        folder = self.folder(stage)
-        digest = hashlib.sha256()
-        for role in sorted(files):
-            digest.update(role.encode("utf-8"))
-            digest.update(file_sha256(folder / files[role]).encode("ascii"))
-        record = StageRecord(
-            stage, key, digest.hexdigest(), dict(files), dataclasses.asdict(metrics), dict(info), round(seconds, 2)
-        )
-        data = dataclasses.asdict(record)
-        data.pop("reused")
-        atomic_write_text(folder / DONE_FILE, json.dumps(data, indent=1, sort_keys=True))
-        return record
-
-
-@dataclass
 class StageContext:
     """What every stage needs: the recipe, folders, the data and how to report."""
 
-    recipe: Any
+    recipe: Recipe
     workdir: Path
     data_dir: Path
     data_sha256: str
@@ -187,37 +93,6 @@ class StageContext:
         from edge_sdk.manifest import Provenance
 
         return Provenance(dataset_sha256=self.data_sha256, recipe_sha256=self.recipe.sha256, **extra)
-
-
-def validate_stages(stages: Sequence[str]) -> List[str]:
-    """`stages` checked: known names, each once, in STAGE_ORDER order, distill only after prune."""
-    import difflib
-
-    stages = list(stages)
-    for stage in stages:
-        if stage not in STAGE_ORDER:
-            hint = difflib.get_close_matches(stage, STAGE_ORDER, n=1)
-            raise RecipeError(
-                "unknown stage {!r}: expected one of {}{}".format(
-                    stage, ", ".join(STAGE_ORDER), " (did you mean {!r}?)".format(hint[0]) if hint else ""
-                )
-            )
-    if [s for s in STAGE_ORDER if s in stages] != stages:
-        raise RecipeError(
-            "stages: expected each stage at most once, in the order {}, got {}".format(
-                ", ".join(STAGE_ORDER), ", ".join(stages)
-            )
-        )
-    return stages
-
-
-def previous_stage(pipeline: Sequence[str], stage: str) -> Optional[str]:
-    """The cached stage before `stage` in the recipe's pipeline (None for train)."""
-    cached = [s for s in pipeline if s in CACHED_STAGES]
-    if stage not in cached:
-        cached = [s for s in STAGE_ORDER if s in cached or s == stage]
-    index = cached.index(stage)
-    return cached[index - 1] if index > 0 else None
 
 
 def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any = None) -> Any:
@@ -354,7 +229,7 @@ def post_finetune_job(
         "student": weights.name,
         "teacher": str(teacher_checkpoint) if teacher_checkpoint is not None else None,
         "epochs": int(epochs),
-        "distill": _plain(distill) if distill is not None else None,
+        "distill": to_plain(distill) if distill is not None else None,
     }
     return atomic_write_text(folder / "job-{}.json".format(index), json.dumps(job, sort_keys=True))
 
@@ -392,7 +267,7 @@ def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
             time.sleep(poll_s)
 
 
-def run_train_stage(ctx: StageContext) -> Any:
+def run_train_stage(ctx: StageContext, previous: Optional[StageRecord] = None) -> Any:
     """-> (files, metrics, info). Trains (or resumes) into WORKDIR/train."""
     from compress.train import BEST_CHECKPOINT, load_trained, train
 
@@ -521,7 +396,7 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
     metrics, per_class = measure_stage(ctx, "int8", folder / BUNDLE_FILE, before.get("flops"), before.get("params"))
     if info.get("qat"):
         _check_qat_budget(info["fp32_map50"], info["ptq_map50"], metrics.map50, cfg.budget_map50)
-    info.update(quantization=_plain(quantization), calibration_sha256=calibration.sha256, per_class=per_class)
+    info.update(quantization=to_plain(quantization), calibration_sha256=calibration.sha256, per_class=per_class)
     return (
         {"bundle": BUNDLE_FILE, "pdmodel": "model/model.pdmodel", "pdiparams": "model/model.pdiparams"},
         metrics,
@@ -541,91 +416,35 @@ def _check_qat_budget(fp32_map50: float, ptq_map50: float, qat_map50: Optional[f
         )
 
 
-@dataclass
-class StagesResult:
-    """records: every stage record of the pipeline that exists, in order; ran: the stages computed now."""
+@dataclass(frozen=True)
+class Stage:
+    """One row of the stage table.
 
-    records: List[StageRecord]
-    ran: List[str]
-
-
-def run_stages(ctx: StageContext, pipeline: Sequence[str], selected: Optional[Sequence[str]] = None) -> StagesResult:
-    """Run the cached stages of `pipeline` (the recipe's stages) that are in `selected` (default: all).
-
-    A selected stage whose key matches its done-record is reused. A stage that is not selected is read
-    from disk when a later selected stage needs it; missing, it raises RecipeError in one line.
+    name: as a recipe's `stages` names it (compress.config.STAGES). sections: the recipe sections its
+    cache key covers (train's hyper-parameters also drive the fine-tuning). inputs: earlier stages whose
+    records it reads besides the stage before it. run(ctx, record of the stage before it or None,
+    *records of `inputs`) -> (files, StageMetrics, info); None for export, which the driver
+    (compress.pipeline) does itself, never cached: it is cheap.
     """
-    pipeline = validate_stages(pipeline)
-    chosen = validate_stages(selected) if selected is not None else list(pipeline)
-    for stage in chosen:
-        if stage not in pipeline:
-            raise RecipeError("--stages: {} is not one of the recipe's stages ({})".format(stage, ", ".join(pipeline)))
-    store = StageStore(ctx.workdir)
-    records: Dict[str, StageRecord] = {}
-    ran: List[str] = []
-    cached = [s for s in pipeline if s in CACHED_STAGES]
-    last_needed = max((cached.index(s) for s in chosen if s in cached), default=-1)
-    if "export" in chosen:
-        last_needed = len(cached) - 1
-    for index, stage in enumerate(cached[: last_needed + 1]):
-        previous = records.get(cached[index - 1]) if index > 0 else None
-        key = stage_key(stage, ctx.recipe, previous.output_sha256 if previous else "", ctx.data_sha256)
-        existing = store.read(stage)
-        if stage not in chosen:
-            if existing is None:
-                raise RecipeError(
-                    "stage {} needs the output of stage {}, and {} has none: run --stages {} first".format(
-                        _next_chosen(cached, chosen, index), stage, ctx.workdir / stage, stage
-                    )
-                )
-            if existing.key != key:
-                ctx.log("note: using the {} stage's output although its inputs changed since".format(stage))
-            records[stage] = existing
-            continue
-        if existing is not None and existing.key == key:
-            ctx.log("{}: unchanged, reusing {}".format(stage, ctx.workdir / stage / DONE_FILE))
-            records[stage] = existing
-            continue
-        ctx.log("{}: running".format(stage))
-        started = time.time()
-        store.folder(stage)
-        store.invalidate(stage)
-        if stage == "train":
-            files, metrics, info = run_train_stage(ctx)
-        elif stage == "prune":
-            files, metrics, info = run_prune_stage(ctx, previous)
-        elif stage == "distill":
-            files, metrics, info = run_distill_stage(ctx, previous, records["train"])
-        else:
-            files, metrics, info = run_int8_stage(ctx, previous)
-        records[stage] = store.write(stage, key, files, metrics, info, time.time() - started)
-        ran.append(stage)
-    return StagesResult([records[s] for s in cached if s in records], ran)
+
+    name: str
+    sections: Tuple[str, ...]
+    inputs: Tuple[str, ...] = ()
+    run: Optional[Callable[..., Any]] = None
+
+    @property
+    def cached(self) -> bool:
+        return self.run is not None
 
 
-def _next_chosen(cached: Sequence[str], chosen: Sequence[str], index: int) -> str:
-    for stage in cached[index + 1 :]:
-        if stage in chosen:
-            return stage
-    return "export"
-
-
-def make_context(
-    recipe: Any,
-    workdir: Path,
-    data_dir: Optional[Path] = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    resume: bool = False,
-    prepared: bool = False,
-) -> StageContext:
-    """The StageContext of `recipe` in `workdir`. data_dir: as compress.data.prepare_data takes it, or,
-    with prepared=True, the folder prepare_data returned."""
-    from compress.data import data_sha256, prepare_data
-    from compress.train import load_datasets
-
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    data = Path(data_dir) if prepared else prepare_data(recipe, workdir, data_dir, progress)
-    train_set, val_set = load_datasets(recipe, data)
-    return StageContext(recipe, workdir, data, data_sha256(recipe, data), train_set, val_set, progress, log, resume)
+STAGE_TABLE: Dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("train", ("model", "data", "train", "export"), (), run_train_stage),
+        Stage("prune", ("prune", "train", "export"), (), run_prune_stage),
+        Stage("distill", ("distill", "train", "export"), ("train",), run_distill_stage),
+        Stage("int8", ("int8", "qat", "export"), (), run_int8_stage),
+        Stage("export", ()),
+    )
+}
+"""Every stage, in the order of compress.config.STAGES."""

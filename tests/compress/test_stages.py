@@ -117,7 +117,7 @@ def test_ptq_over_budget_falls_back_to_qat_and_a_qat_miss_is_one_line(finished, 
     import cv2
 
     from calibration.budget import detections_as_dataset
-    from compress.stages import make_context, run_stages
+    from compress.pipeline import make_context, run_stages
     from device.detector import Detector
     from edge_sdk.bundle import open_bundle
 
@@ -174,6 +174,34 @@ def test_distill_without_prune_is_refused() -> None:
     data["stages"] = ["train", "distill", "export"]
     with pytest.raises(RecipeError, match="distill.*needs prune"):
         recipe_from_dict(data)
+
+
+def test_the_stage_table_has_every_recipe_stage_in_order_and_names_real_sections() -> None:
+    import dataclasses
+
+    from compress.config import STAGES as RECIPE_STAGES
+    from compress.config import Recipe
+    from compress.stages import STAGE_TABLE
+
+    assert tuple(STAGE_TABLE) == RECIPE_STAGES
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    for index, stage in enumerate(STAGE_TABLE.values()):
+        assert set(stage.sections) <= fields
+        assert set(stage.inputs) <= set(RECIPE_STAGES[:index])
+    assert [s.name for s in STAGE_TABLE.values() if not s.cached] == ["export"]
+
+
+def test_recipe_and_stages_option_are_checked_alike() -> None:
+    from compress.config import check_stages
+
+    message = "stages: expected each stage at most once, in the order train, prune, distill, int8, export, got "
+    data = copy.deepcopy(TINY)
+    data["stages"] = ["train", "export", "prune"]
+    with pytest.raises(RecipeError, match="^" + message + "train, export, prune$"):
+        recipe_from_dict(data)
+    with pytest.raises(RecipeError, match="^" + message + "train, train$"):
+        check_stages(["train", "train"])
+    assert check_stages(("train", "int8")) == ["train", "int8"]
 
 
 def test_cli_stages_error_is_one_line(tmp_path) -> None:
