@@ -1,10 +1,11 @@
 """The recipe: the YAML a user writes for `edge-sdk compress`, typed and validated on load.
 
-`Recipe` and every one of its sections live here, so that the modules doing the work (train, prune,
-distill, qat, calibration) import their settings from this leaf module and never from each other.
-Every section is a frozen dataclass; a field's type and its constraints (`edge_sdk.schema.checked`:
-minimum, maximum, choices, multiple_of) drive one generic validator (`edge_sdk.schema.Schema`), so a new stage (prune, distill, quantize) is
-a new dataclass and a new field of `Recipe`. Errors name the field::
+`Recipe` and every one of its sections live here, in a module that imports nothing else of compress, so
+the modules doing the work (train, prune, distill, qat, the stages) take their settings from here and
+never from each other. Every section is a frozen dataclass whose field types and constraints
+(`edge_sdk.schema.checked`: minimum, maximum, choices, multiple_of) drive one generic validator
+(`edge_sdk.schema.Schema`); a new stage's settings are a new dataclass and a new field of `Recipe`.
+Errors name the field::
 
     train.epochs: expected an integer >= 1, got 'ten'
     train.lerning_rate: unknown field (did you mean 'lr'?)
@@ -12,6 +13,7 @@ a new dataclass and a new field of `Recipe`. Errors name the field::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 from dataclasses import dataclass, field
@@ -335,13 +337,7 @@ def recipe_from_dict(data: Any, source: str = "", sha256: str = "") -> Recipe:
     recipe = _SCHEMA.load(Recipe, data)
     _cross_check(recipe)
     _check_compression(recipe)
-    return _replace(recipe, source=source, sha256=sha256)
-
-
-def _replace(obj: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
+    return dataclasses.replace(recipe, source=source, sha256=sha256)
 
 
 def load_recipe(path: Union[str, Path]) -> Recipe:
@@ -363,8 +359,3 @@ def load_recipe(path: Union[str, Path]) -> Recipe:
         return recipe_from_dict(data, source=str(path), sha256=hashlib.sha256(raw).hexdigest())
     except RecipeError as exc:
         raise RecipeError("{}: {}".format(path.name, exc)) from None
-
-
-def replace(obj: Any, **changes: Any) -> Any:
-    """dataclasses.replace, re-exported for callers that tweak a loaded recipe (tests, the demo)."""
-    return _replace(obj, **changes)

@@ -14,14 +14,10 @@ Terms are summed over anchors and cells and averaged over the batch, as compress
 distill.weight 1 puts both on the same scale.
 
 PaddleDetection distills objectness on every anchor (BCE against the teacher's objectness
-thresholded at 0.5); there the background dominates it. Measured on the demo recipe (teacher 32
-epochs, mAP@.5 0.893; student 8 epochs; mAP@.5 of the student for seeds 0-4; single runs spread
-0.83-0.88, so only means over seeds say anything, see benchmarks/compression.py):
-- no distillation: 0.871 0.860 0.841 0.840 0.873, mean 0.857;
-- x/y, w/h and classes only: 0.861 0.859 0.858 0.832 0.873, mean 0.857;
-- plus objectness weighted by the teacher's (this loss): 0.859 0.873 0.879 0.860 0.873, mean 0.869.
-Distillation can help only while the teacher is ahead of what the student reaches on its own: with
-24 training and 16 fine-tuning epochs the student outgrew its teacher (0.88 against 0.85).
+thresholded at 0.5); there the background dominates it. On the demo the objectness term is what
+makes distillation beat plain fine-tuning, and distillation helps only while the teacher is ahead
+of what the student reaches on its own (benchmarks/compression.py measures it over seeds; the demo
+recipe gives the numbers).
 
 Optional feature distillation: MSE between the neck outputs (the three tips feeding the head),
 after a 1x1 adapter conv on the student's side when its (pruned) channel count differs.
