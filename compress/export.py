@@ -21,6 +21,7 @@ import paddle.nn as nn
 
 from calibration.ptq import LAYER_NAMES_FILE, strip_op_callstacks, write_layer_names
 from compress.flops import count_params, model_flops
+from edge_sdk.bundle import Bundle, opened_bundle, write_bundle
 from edge_sdk.manifest import (
     InputSpec,
     Manifest,
@@ -231,7 +232,6 @@ def export_bundle(
     extra_files: more bundle members (archive name -> file path or bytes). tensorrt: defaults to
     `tensorrt_hints(input_size)`. Returns the bundle path.
     """
-    from edge_sdk.bundle import write_bundle
     from edge_sdk.errors import RecipeError
 
     classes = tuple(classes)
@@ -264,9 +264,9 @@ def export_bundle(
 
 
 def rewrite_bundle(
-    draft: Any,
+    draft: Union[str, Path, Bundle],
     out: Path,
-    metrics: Any = None,
+    metrics: Optional[Sequence[StageMetrics]] = None,
     extra_files: Optional[Dict[str, Any]] = None,
     recipe_sha256: Optional[str] = None,
 ) -> Path:
@@ -274,8 +274,6 @@ def rewrite_bundle(
     files (the model that was measured is byte for byte the one shipped), plus `extra_files` (archive
     name -> bytes or path); `metrics` and `recipe_sha256` (provenance) replace the manifest's when given."""
     import dataclasses
-
-    from edge_sdk.bundle import opened_bundle, write_bundle
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import DataError
 
 
 def measure_bundle(
-    bundle_path: Path, val_set: Any, threads: Optional[int] = None, latency_images: int = 20
+    bundle_path: Path, val_set: Dataset, threads: Optional[int] = None, latency_images: int = 20
 ) -> Dict[str, Any]:
     """Run a bundle through device.detector.Detector (Paddle Inference) on every val image.
 

@@ -40,7 +40,7 @@ def run(
     data_dir: Optional[Path] = None,
     resume: bool = False,
     progress: bool = True,
-    log: Any = print,
+    log: Callable[[str], None] = print,
     stages: Optional[List[str]] = None,
 ) -> Optional[CompressResult]:
     """Run the recipe's stages (or the subset `stages`), each cached in WORKDIR/<stage>/ (compress.stages);

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from edge_sdk.fileio import atomic_write_text, file_sha256, fsync_dir
+from edge_sdk.manifest import StageMetrics
 
 DONE_FILE = "done.json"
 
@@ -38,9 +39,7 @@ class StageRecord:
     def path(self, workdir: Path, role: str) -> Path:
         return Path(workdir) / self.stage / self.files[role]
 
-    def stage_metrics(self) -> Any:
-        from edge_sdk.manifest import StageMetrics
-
+    def stage_metrics(self) -> StageMetrics:
         return StageMetrics(**self.metrics)
 
 
@@ -77,7 +76,7 @@ class StageStore:
         return record
 
     def write(
-        self, stage: str, key: str, files: Dict[str, str], metrics: Any, info: Dict[str, Any], seconds: float
+        self, stage: str, key: str, files: Dict[str, str], metrics: StageMetrics, info: Dict[str, Any], seconds: float
     ) -> StageRecord:
         folder = self.folder(stage)
         digest = hashlib.sha256()
