@@ -79,8 +79,9 @@ class Pipeline:
         return self._stop.is_set()
 
     def _prepare(self) -> None:
-        """Worker: once the hand-off slot is free, take the newest frame and preprocess it, so the
-        frame inferred next is never older than one inference."""
+        """Worker: once the hand-off slot is free, read the source and preprocess the frame. The
+        pipeline pulls: a live source hands over its newest frame (never older than one inference),
+        a file or folder its next one (every frame, none dropped)."""
         try:
             while not self._stop.is_set():
                 with self._handoff:
