@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from edge_sdk.errors import PredictorError
 from edge_sdk.manifest import PRECISIONS, Manifest
+from edge_sdk.quiet import native_output_quieted
 
 DEVICES = ("auto", "cpu", "gpu")
 TENSORRT_PRECISION_MODES = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}
@@ -446,7 +447,8 @@ def apply_plan(plan: PredictorPlan, model_paths: Tuple[Path, Path], log: Optiona
                 config.set_mkldnn_cache_capacity(10)
                 if plan.use_mkldnn_int8:
                     config.enable_mkldnn_int8()
-        return inference.create_predictor(config)
+        with native_output_quieted():  # the INT8 passes print their counts from C++
+            return inference.create_predictor(config)
     except PredictorError:
         raise
     except Exception as exc:  # Paddle raises its own error types for a program it cannot load
