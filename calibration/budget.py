@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
@@ -40,9 +38,11 @@ from calibration.ptq import (
     resolve_layers,
     static_mode,
 )
+from device.evaluate import Evaluation, ModelFolder, evaluate_model
 from edge_sdk.data.dataset import Dataset, ImageRecord
+from edge_sdk.data.images import read_bgr
 from edge_sdk.detections import Detections
-from edge_sdk.errors import DataError, RecipeError
+from edge_sdk.errors import RecipeError
 from edge_sdk.manifest import Manifest, Quantization
 
 
@@ -71,31 +71,6 @@ class AccuracyBudgetExceeded(RecipeError):
         return (self.fp32_map50 - self.int8_map50) * 100.0
 
 
-class ModelDirBundle:
-    """A folder with model.pdmodel + model.pdiparams seen through the Bundle interface `Detector` uses."""
-
-    def __init__(self, manifest: Manifest, model_dir: Union[str, Path]) -> None:
-        self.manifest = manifest
-        self.root = Path(model_dir)
-        self.sha256: Optional[str] = None
-
-    def path_of(self, arcname: str) -> Path:
-        return self.root / arcname.split("/")[-1]
-
-    def close(self) -> None:
-        return None
-
-
-@dataclass(frozen=True)
-class ModelEvaluation:
-    """map50: mAP@.5 in [0, 1] (None without ground truth); latency_ms: median Detector.detect time per image."""
-
-    map50: Optional[float]
-    map: Optional[float]
-    latency_ms: Optional[float]
-    detections: Tuple[Detections, ...] = ()
-
-
 @dataclass(frozen=True)
 class Attempt:
     """One PTQ attempt: the layers kept in float and the INT8 mAP@.5 it reached."""
@@ -115,8 +90,8 @@ class BudgetResult:
 
     model_dir: Path
     quantization: Quantization
-    fp32: ModelEvaluation
-    int8: ModelEvaluation
+    fp32: Evaluation
+    int8: Evaluation
     attempts: Tuple[Attempt, ...]
     sensitivity: Tuple[Tuple[str, float], ...] = ()
 
@@ -133,42 +108,6 @@ def int8_manifest(manifest: Manifest, quantization: Quantization) -> Manifest:
 def model_bytes(model_dir: Union[str, Path]) -> int:
     """Size in bytes of model.pdmodel + model.pdiparams."""
     return sum((Path(model_dir) / name).stat().st_size for name in (PROGRAM_FILE, PARAMS_FILE))
-
-
-def _read_image(path: Path) -> np.ndarray:
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError("cannot decode image {}".format(path))
-    return image
-
-
-def evaluate_model_dir(
-    model_dir: Union[str, Path],
-    manifest: Manifest,
-    dataset: Dataset,
-    threads: Optional[int] = None,
-    progress: Optional[Callable[[], None]] = None,
-) -> ModelEvaluation:
-    """Run `manifest`'s precision of the program in model_dir with `Detector` on the CPU over `dataset`
-    (every score kept) and score it with `edge_sdk.metrics.evaluate`. progress: called after each image."""
-    from device.detector import Detector
-    from edge_sdk.metrics import evaluate
-
-    detections: List[Detections] = []
-    seconds: List[float] = []
-    with Detector(ModelDirBundle(manifest, model_dir), device="cpu", threads=threads) as detector:
-        for record in dataset.images:
-            image = _read_image(Path(record.path))
-            started = time.perf_counter()
-            detections.append(detector.detect(image, score_threshold=0.0))
-            seconds.append(time.perf_counter() - started)
-            if progress is not None:
-                progress()
-    result = evaluate(dataset, detections)
-    latency = statistics.median(seconds[1:] if len(seconds) > 1 else seconds) * 1000.0 if seconds else None
-    return ModelEvaluation(result.map50, result.map, latency, tuple(detections))
 
 
 def detections_as_dataset(
@@ -222,7 +161,7 @@ class _StaticRunner:
         self.inputs = []
         self.shapes = []
         for record in records:
-            image = _read_image(Path(record.path))
+            image = read_bgr(record.path)
             self.inputs.append(preprocess(image))
             self.shapes.append(image.shape[:2])
         self.num_classes = len(manifest.classes)
@@ -347,7 +286,7 @@ def quantize_within_budget(
     candidate_layers: Optional[Sequence[str]] = None,
     batch_size: int = 8,
     threads: Optional[int] = None,
-    fp32: Optional[ModelEvaluation] = None,
+    fp32: Optional[Evaluation] = None,
     progress: bool = True,
     log: Optional[Callable[[str], None]] = None,
     fold_batch_norm: bool = True,
@@ -365,7 +304,7 @@ def quantize_within_budget(
     _check_model_dir(model_dir)
     say = log or (lambda _line: None)
     if fp32 is None:
-        fp32 = evaluate_model_dir(model_dir, manifest, val_dataset, threads)
+        fp32 = evaluate_model(ModelFolder(manifest, model_dir), val_dataset, device="cpu", threads=threads)
     if fp32.map50 is None:
         raise RecipeError("the val set has no ground-truth boxes: the INT8 accuracy budget cannot be measured")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -390,7 +329,12 @@ def quantize_within_budget(
             quantization = Quantization(
                 method="ptq", algo=algo, calibration_images=len(calibration_records), float_layers=tuple(float_layers)
             )
-            int8 = evaluate_model_dir(attempt_dir, int8_manifest(manifest, quantization), val_dataset, threads)
+            int8 = evaluate_model(
+                ModelFolder(int8_manifest(manifest, quantization), attempt_dir),
+                val_dataset,
+                device="cpu",
+                threads=threads,
+            )
             attempts.append(Attempt(tuple(float_layers), int8.map50 or 0.0))
             loss = (fp32.map50 - (int8.map50 or 0.0)) * 100.0
             say(

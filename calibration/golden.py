@@ -20,7 +20,7 @@ from device.golden import (
     golden_files,
 )
 from edge_sdk.data.dataset import ImageRecord
-from edge_sdk.errors import DataError
+from edge_sdk.data.images import read_bgr
 
 GOLDEN_CANDIDATES_PER_IMAGE = 4  # images looked at per golden image kept (see make_golden)
 
@@ -53,17 +53,13 @@ def make_golden(
     every precision's tolerance, so a broken engine has boxes to miss. Raises DataError for an
     unreadable image.
     """
-    import cv2
-
     from device.detector import Detector
 
     candidates = []
     with Detector(bundle, device="cpu") as detector:
         threshold = detector.manifest.postprocess.score_threshold
         for record in pick_golden_records(records, count * max(1, candidates_per_image)):
-            image = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise DataError("cannot decode image {}".format(record.path))
+            image = read_bgr(record.path)
             encoded = encode_golden_image(image, quality)
             decoded = decode_golden_image(encoded, "golden JPEG of {}".format(record.path))
             candidates.append((encoded, detector.detect(decoded, score_threshold=threshold)))

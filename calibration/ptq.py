@@ -34,6 +34,7 @@ import numpy as np
 
 from calibration.config import PTQ_ALGOS
 from edge_sdk.data.dataset import ImageRecord
+from edge_sdk.data.images import read_bgr
 from edge_sdk.errors import DataError, RecipeError
 from edge_sdk.fileio import atomic_write_bytes, fsync_dir
 from edge_sdk.manifest import InputSpec
@@ -205,7 +206,6 @@ def calibration_loader(
 ) -> Any:
     """A paddle.io.DataLoader of {"image": [B,3,h,w], "im_shape": [B,2], "scale_factor": [B,2]} float32
     batches, preprocessed as the manifest's input spec says. on_batch: called as each batch is handed out."""
-    import cv2
     import paddle
 
     from device.preprocess import Preprocessor
@@ -217,10 +217,7 @@ def calibration_loader(
             return len(records)
 
         def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
-            path = str(records[index].path)
-            image = cv2.imread(path, cv2.IMREAD_COLOR)
-            if image is None:
-                raise DataError("cannot decode calibration image {}".format(path))
+            image = read_bgr(records[index].path, "calibration image")
             return {key: value[0] for key, value in preprocess(image).items()}
 
     class ReportingLoader(paddle.io.DataLoader):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from device.postprocess import boxes_to_detections
 from device.preprocess import Preprocessor
 from edge_sdk.detections import Detections
 from edge_sdk.errors import PredictorError
+from edge_sdk.model_files import ModelFiles
 
 MODEL_PROGRAM = "model/model.pdmodel"
 MODEL_PARAMS = "model/model.pdiparams"
@@ -24,7 +25,8 @@ MODEL_PARAMS = "model/model.pdiparams"
 class Detector:
     """A bundle's model behind Paddle Inference: BGR image in, Detections in source pixels out.
 
-    bundle: an opened `edge_sdk.bundle.Bundle`, or a path (opened, and closed by `close()`).
+    bundle: `ModelFiles` (an opened `edge_sdk.bundle.Bundle`, an installed version, a model folder),
+    or the path of a bundle file (opened, and closed by `close()`).
     precision / device / dla_core / threads / cache_root: see `device.predictor.plan`.
     class_ids: keep only these classes (None: all).
     log: receives the plan's notes and the engine-build notice (None: silent).
@@ -32,7 +34,7 @@ class Detector:
 
     def __init__(
         self,
-        bundle: Any,
+        bundle: Union[str, Path, ModelFiles],
         precision: Optional[str] = None,
         device: str = "auto",
         threads: Optional[int] = None,

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_sdk.errors import BundleError, DataError, EdgeSdkError
+from edge_sdk.model_files import ModelFiles
 
 GOLDEN_JSON = "calibration/golden.json"
 GOLDEN_DIR = "calibration/golden"
@@ -150,7 +151,7 @@ def parse_golden(document: Any, default_threshold: float) -> GoldenSet:
     return GoldenSet(threshold, tuple(GoldenEntry.from_dict(entry) for entry in document))
 
 
-def load_golden(bundle: Any) -> Optional[GoldenSet]:
+def load_golden(bundle: ModelFiles) -> Optional[GoldenSet]:
     """The golden set of an opened Bundle or InstalledBundle, None when it carries no golden.json."""
     if bundle.manifest.file(GOLDEN_JSON) is None:
         return None
@@ -201,7 +202,7 @@ def decode_golden_image(data: bytes, name: str = "golden image") -> np.ndarray:
     return image
 
 
-def read_golden_image(bundle: Any, entry: GoldenEntry) -> np.ndarray:
+def read_golden_image(bundle: ModelFiles, entry: GoldenEntry) -> np.ndarray:
     """The (H, W, 3) uint8 BGR image of a golden entry (JPEG, or PNG in older bundles). Raises BundleError."""
     where = "golden image {}".format(entry.image)
     try:
@@ -371,7 +372,7 @@ def _describe_miss(
 
 
 def check_golden(
-    detector: Any, bundle: Any, golden: GoldenSet, iou: float = 0.9, score_tolerance: float = 0.05
+    detector: Any, bundle: ModelFiles, golden: GoldenSet, iou: float = 0.9, score_tolerance: float = 0.05
 ) -> List[GoldenComparison]:
     """Run `detector` (device.detector.Detector) on every golden image of `bundle` and compare.
 

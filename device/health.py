@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from edge_sdk.errors import BundleError, EdgeSdkError
+from edge_sdk.model_files import ModelFiles
 
 DEFAULT_FPS_FRAMES = 10
 
@@ -94,7 +95,7 @@ class HealthSettings:
         )
 
 
-def health_check(bundle: Any, settings: HealthSettings, log: Log = _quiet) -> HealthReport:
+def health_check(bundle: ModelFiles, settings: HealthSettings, log: Log = _quiet) -> HealthReport:
     """Load the bundle in Detector, compare golden images, measure FPS. Never raises for a bad model."""
     import numpy as np
 

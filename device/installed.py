@@ -11,7 +11,7 @@ from edge_sdk.fileio import file_sha256
 
 
 class InstalledBundle:
-    """An installed version, usable wherever an opened `edge_sdk.bundle.Bundle` is (e.g. Detector).
+    """An installed version: `ModelFiles`, usable wherever an opened `edge_sdk.bundle.Bundle` is (e.g. Detector).
 
     root: the folder of its extracted files; path: its stored .edgebundle file.
     """

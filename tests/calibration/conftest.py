@@ -62,9 +62,11 @@ def int8_dir(tiny_model_dir, calibration_records, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pseudo_val(tiny_model_dir, tiny_manifest, pcb_data):
     """(val Dataset with FP32 detections as ground truth, FP32 evaluation on it)."""
-    from calibration.budget import detections_as_dataset, evaluate_model_dir
+    from calibration.budget import detections_as_dataset
+    from device.evaluate import ModelFolder, evaluate_model
 
     val = pcb_data[1]
-    fp32 = evaluate_model_dir(tiny_model_dir, tiny_manifest, val)
+    model = ModelFolder(tiny_manifest, tiny_model_dir)
+    fp32 = evaluate_model(model, val, device="cpu")
     truth = detections_as_dataset(val.images, fp32.detections, TINY_CLASSES, tiny_manifest.postprocess.score_threshold)
-    return truth, evaluate_model_dir(tiny_model_dir, tiny_manifest, truth)
+    return truth, evaluate_model(model, truth, device="cpu")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import cv2
 import pytest
 
-from calibration.budget import ModelDirBundle, int8_manifest
+from calibration.budget import int8_manifest
 from calibration.ptq import (
     LAYER_NAMES_FILE,
     PARAMS_FILE,
@@ -16,6 +16,7 @@ from calibration.ptq import (
     strip_op_callstacks,
     write_layer_names,
 )
+from device.evaluate import ModelFolder
 from edge_sdk.errors import RecipeError
 from edge_sdk.manifest import InputSpec, Quantization
 from tests.conftest import TINY_INPUT_SIZE
@@ -29,7 +30,7 @@ def test_int8_program_runs_on_cpu_with_onednn_int8_and_is_small(int8_dir, tiny_m
     assert ratio <= 0.30
     manifest = int8_manifest(tiny_manifest, Quantization(method="ptq", algo="abs_max", calibration_images=8))
     image = cv2.imread(str(pcb_data[1].images[0].path))
-    with Detector(ModelDirBundle(manifest, int8_dir), device="cpu", threads=1) as detector:
+    with Detector(ModelFolder(manifest, int8_dir), device="cpu", threads=1) as detector:
         assert detector.plan.use_mkldnn_int8
         found = detector.detect(image, score_threshold=0.0)
     assert len(found) > 0

@@ -19,10 +19,11 @@ def pcb_train(tmp_path_factory):
 def test_qat_fine_tunes_a_copy_and_exports_an_int8_program(
     tiny_model, tiny_model_dir, tiny_manifest_for_qat, pcb_train, tmp_path
 ):
-    from calibration.budget import ModelDirBundle, int8_manifest
+    from calibration.budget import int8_manifest
     from compress.config import QATSection
     from compress.qat import quantize_aware_train
     from device.detector import Detector
+    from device.evaluate import ModelFolder
     from edge_sdk.manifest import Quantization
 
     before = {k: v.numpy().copy() for k, v in tiny_model.state_dict().items()}
@@ -43,7 +44,7 @@ def test_qat_fine_tunes_a_copy_and_exports_an_int8_program(
     assert ratio <= 0.35
     manifest = int8_manifest(tiny_manifest_for_qat, Quantization(method="qat"))
     image = cv2.imread(str(pcb_train.images[0].path))
-    with Detector(ModelDirBundle(manifest, result.model_dir), device="cpu", threads=1) as detector:
+    with Detector(ModelFolder(manifest, result.model_dir), device="cpu", threads=1) as detector:
         assert detector.plan.use_mkldnn_int8
         found = detector.detect(image, score_threshold=0.0)
     assert len(found) > 0
