@@ -16,12 +16,7 @@ cv2 and pyserial are imported inside the sinks that use them, not when this pack
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence
-
-try:
-    from typing import Protocol
-except ImportError:  # pragma: no cover  (Python < 3.8)
-    Protocol = object  # type: ignore
+from typing import List, Optional, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 

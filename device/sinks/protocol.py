@@ -293,21 +293,6 @@ def encode_message(message: Message) -> bytes:
     return cobs_encode(pack_message(message)) + b"\x00"
 
 
-def encode_detections(seq: int, detections, width: int, height: int, max_detections: int = MAX_DETECTIONS) -> bytes:
-    """Wire bytes of a DETECTIONS message for `detections` found in a width x height image."""
-    return encode_message(detections_message(seq, detections, width, height, max_detections))
-
-
-def encode_heartbeat(seq: int, timestamp: float, uptime_s: float, stats: dict, frame_id: int = -1) -> bytes:
-    """Wire bytes of a HEARTBEAT message (timestamp: monotonic seconds of sending)."""
-    return encode_message(heartbeat_message(seq, timestamp, uptime_s, stats, frame_id))
-
-
-def encode_status(seq: int, timestamp: float, state: str, reason: str, frame_id: int = -1) -> bytes:
-    """Wire bytes of a STATUS message."""
-    return encode_message(status_message(seq, timestamp, state, reason, frame_id))
-
-
 class ProtocolError(ValueError):
     """A frame that is not a valid message; `kind` names the counter it goes to."""
 
