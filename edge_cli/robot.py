@@ -350,7 +350,6 @@ service_app = typer.Typer(help="Run edge-sdk as a systemd service on the robot."
 
 
 def doctor(
-    root: str = typer.Option("/", help="Root of the file system to inspect (tests use a fake one)."),
     engine_cache: str = typer.Option(
         None,
         envvar="EDGE_SDK_ENGINE_CACHE",
@@ -368,7 +367,7 @@ def doctor(
     from device.doctor import FAIL, OK, WARN, diagnose, probe_machine
     from device.predictor import SYSTEM_CACHE_ROOT
 
-    checks = diagnose(probe_machine(root, engine_cache or SYSTEM_CACHE_ROOT, with_paddle=not skip_paddle))
+    checks = diagnose(probe_machine("/", engine_cache or SYSTEM_CACHE_ROOT, with_paddle=not skip_paddle))
     if as_json:
         typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:

@@ -100,20 +100,12 @@ def test_dialout_membership():
 
 
 def test_cli_json_and_exit_code(tmp_path):
-    root = make_root(tmp_path, release=JETPACK_46)
-    cmd = [
-        sys.executable,
-        "-m",
-        "edge_cli",
-        "doctor",
-        "--root",
-        str(root),
-        "--skip-paddle",
-        "--json",
-        "--engine-cache",
-        str(tmp_path / "c"),
-    ]
+    """This machine, with an engine cache under a file (a failure on any machine): exit 1, JSON findings."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    cmd = [sys.executable, "-m", "edge_cli", "doctor", "--skip-paddle", "--json", "--engine-cache", str(blocker / "c")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     findings = {c["name"]: c for c in json.loads(result.stdout)}
-    assert findings["l4t"]["status"] == FAIL and findings["l4t"]["fix"]
+    assert findings["engine-cache"]["status"] == FAIL and findings["engine-cache"]["fix"]
+    assert {"python", "l4t", "engine-cache", "disk"} <= set(findings)
