@@ -38,7 +38,6 @@ def flash_command(
         10, "--connect-timeout", min=1, max=600, help="ssh connect timeout in seconds."
     ),
     allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Passed to the robots' install."),
-    skip_health: bool = typer.Option(False, "--skip-health", help="Passed to the robots' install."),
     min_fps: Optional[float] = typer.Option(None, "--min-fps", min=0.0, help="Passed to the robots' install."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the per-robot results as a JSON list instead of a table."
@@ -63,8 +62,6 @@ def flash_command(
     install_args = []  # type: List[str]
     if allow_downgrade:
         install_args.append("--allow-downgrade")
-    if skip_health:
-        install_args.append("--skip-health")
     if min_fps is not None:
         install_args += ["--min-fps", str(min_fps)]
     plan = FlashPlan(file, info["sha256"], remote_command, remote_root, install_args)

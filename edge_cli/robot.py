@@ -252,9 +252,6 @@ def install_command(
     fps_frames: int = typer.Option(
         10, "--fps-frames", min=1, max=10_000, help="Health check: frames timed for the FPS figure."
     ),
-    skip_health: bool = typer.Option(
-        False, "--skip-health", help="Commit without loading the model (not for robots in service)."
-    ),
     keep: int = typer.Option(
         3, "--keep", min=0, max=100, help="Old versions kept besides the active one (the oldest are pruned)."
     ),
@@ -274,9 +271,8 @@ def install_command(
             root,
             trusted_keys,
             allow_downgrade,
-            skip_health,
-            HealthSettings(min_fps=min_fps, fps_frames=fps_frames, device=device),
-            keep,
+            health=HealthSettings(min_fps=min_fps, fps_frames=fps_frames, device=device),
+            keep=keep,
             log=lambda message: status.update(message),
         )
     for action in result.recovered:

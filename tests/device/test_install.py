@@ -210,7 +210,7 @@ def test_robot_without_description_is_refused_clearly(made, store):
 
 
 def test_downgrade_accepted_with_flag(made, store):
-    result = edge_sdk("install", str(made["v1"]), "--root", str(store), "--allow-downgrade", "--skip-health")
+    result = edge_sdk("install", str(made["v1"]), "--root", str(store), "--allow-downgrade", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     pointers = Store(store).pointers()
     assert pointers["active"].startswith("tiny-0.1.0-") and pointers["previous"].startswith("tiny-0.2.0-")

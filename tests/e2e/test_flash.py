@@ -106,7 +106,7 @@ def test_unknown_host_key_is_refused(tiny_bundle, sshd, tmp_path):
 
 def test_table_output_and_summary(tiny_bundle, sshd, tmp_path):
     robot = robot_root(tmp_path / "robot", "7.2")
-    command = [sys.executable, "-m", "edge_cli", "flash", str(tiny_bundle), "--to", sshd.target(robot), "--skip-health"]
+    command = [sys.executable, "-m", "edge_cli", "flash", str(tiny_bundle), "--to", sshd.target(robot)]
     command += [
         "--identity",
         str(sshd.identity),
@@ -118,7 +118,7 @@ def test_table_output_and_summary(tiny_bundle, sshd, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "1 robots: 1 installed, 0 skipped, 0 failed" in result.stdout
-    assert [r["health"] for r in list_versions(robot)] == ["skipped"]
+    assert [r["health"] for r in list_versions(robot)] == ["passed"]
 
 
 @pytest.mark.parametrize(
