@@ -28,34 +28,51 @@ def metrics_rows(metrics: Sequence[Any]) -> List[List[str]]:
     ]
 
 
-def plot_stages(metrics: Sequence[Any], path: Path) -> Path:
-    """Three panels per stage: mAP@.5 against bundle MB, mAP@.5 against CPU ms, GFLOPs bars (PNG, atomic)."""
+def stages_figure(metrics: Sequence[Any]) -> Any:
+    """Three panels (a matplotlib Figure): mAP@.5 against bundle MB, mAP@.5 against CPU ms, GFLOPs bars.
+
+    Each stage has its own colour and marker, named once in the figure's legend, so stages that share
+    a size or a latency (prune and distill, often) stay readable.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edge_sdk.fileio import atomic_output
-
-    path = Path(path)
     names = [m.stage for m in metrics]
     map50 = [m.map50 or 0.0 for m in metrics]
-    fig, (ax_size, ax_latency, ax_flops) = plt.subplots(1, 3, figsize=(14, 4))
+    colors = ["C{}".format(i % 10) for i in range(len(metrics))]
+    markers = ["o", "s", "D", "^", "v", "P", "X"]
+    fig, (ax_size, ax_latency, ax_flops) = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, values, label in (
         (ax_size, [(m.bytes or 0.0) / 1e6 for m in metrics], "bundle size (MB)"),
         (ax_latency, [m.latency_ms or 0.0 for m in metrics], "CPU latency (ms, Paddle Inference)"),
     ):
-        ax.plot(values, map50, "-o")
-        for name, x, y in zip(names, values, map50):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.plot(values, map50, "-", color="lightgrey", zorder=1)
+        for i, (name, x, y) in enumerate(zip(names, values, map50)):
+            ax.scatter([x], [y], s=60, color=colors[i], marker=markers[i % len(markers)], label=name, zorder=2)
         ax.set_xlabel(label)
         ax.set_ylabel("val mAP@.5")
         ax.grid(True, alpha=0.3)
-    ax_flops.bar(names, [(m.flops or 0.0) / 1e9 for m in metrics])
+    ax_flops.bar(range(len(names)), [(m.flops or 0.0) / 1e9 for m in metrics], color=colors)
+    ax_flops.set_xticks(range(len(names)), names)
     ax_flops.set_ylabel("GFLOPs")
     ax_flops.set_title("compute per stage")
+    handles, labels = ax_size.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(names), frameon=False, bbox_to_anchor=(0.5, 0.95))
     fig.suptitle("accuracy vs size vs latency per compression stage")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def plot_stages(metrics: Sequence[Any], path: Path) -> Path:
+    """`stages_figure` as a PNG at `path` (atomic)."""
+    import matplotlib.pyplot as plt
+
+    from edge_sdk.fileio import atomic_output
+
+    path = Path(path)
+    fig = stages_figure(metrics)
     with atomic_output(path) as tmp:
         fig.savefig(str(tmp), dpi=100, format="png")
     plt.close(fig)

@@ -8,20 +8,20 @@ from typing import Any, Dict, Sequence
 from edge_sdk.fileio import atomic_output
 
 
-def plot_history(history: Sequence[Dict[str, Any]], path: Path) -> Path:
-    """Write loss (left) and val mAP@.5 / mAP (right) against epoch to `path` (PNG, atomic)."""
+def history_figure(history: Sequence[Dict[str, Any]]) -> Any:
+    """Loss (left) and val mAP@.5 / mAP (right) against epoch, a marker on every epoch (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    path = Path(path)
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("loss", "loss_obj", "loss_xy", "loss_wh", "loss_cls"):
         values = [r.get(key) for r in history]
         if any(v is not None for v in values):
-            ax_loss.plot(epochs, values, label=key, linewidth=2 if key == "loss" else 1)
+            ax_loss.plot(epochs, values, marker=".", label=key, linewidth=2 if key == "loss" else 1)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
     ax_loss.set_yscale("log")
@@ -33,7 +33,20 @@ def plot_history(history: Sequence[Dict[str, Any]], path: Path) -> Path:
     ax_map.set_ylabel("val (EMA weights)")
     ax_map.set_ylim(0, 1)
     ax_map.legend(fontsize="small")
+    for ax in (ax_loss, ax_map):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if epochs:
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[Dict[str, Any]], path: Path) -> Path:
+    """`history_figure` as a PNG at `path` (atomic)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig = history_figure(history)
     with atomic_output(path) as tmp:
         fig.savefig(str(tmp), dpi=80, format="png")
     plt.close(fig)

@@ -141,26 +141,56 @@ def _finish(
     return result
 
 
-def plot_sensitivities(
-    sensitivities: Mapping[str, Mapping[float, float]], path: Path, baseline: Optional[float] = None
-) -> Path:
-    """One curve per group (mAP@.5 loss against pruning ratio) as a PNG at `path` (atomic)."""
+def sensitivity_figure(sensitivities: Mapping[str, Mapping[float, float]], baseline: Optional[float] = None) -> Any:
+    """A heatmap of the mAP@.5 loss, one row per group and one column per pruning ratio (a matplotlib Figure).
+
+    Red is accuracy lost, blue gained, white none; each cell also shows its value when there are few ratios.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(sensitivities)
+    ratios = sorted({float(r) for losses in sensitivities.values() for r in losses})
+    grid = np.full((len(names), len(ratios)), np.nan)
+    for row, name in enumerate(names):
+        for col, ratio in enumerate(ratios):
+            value = dict((float(r), v) for r, v in sensitivities[name].items()).get(ratio)
+            if value is not None:
+                grid[row, col] = value
+    limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
+    limit = max(limit, 1e-3)
+    width = 4.0 + 0.02 * max((len(n) for n in names), default=0) * 8 + 0.9 * len(ratios)
+    fig, ax = plt.subplots(figsize=(width, 1.6 + 0.24 * max(len(names), 4)))
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    ax.set_xticks(range(len(ratios)), ["{:g}".format(r) for r in ratios])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("fraction of output channels pruned")
+    ax.set_title(
+        "val mAP@.5 lost by pruning one group" + (" (baseline {:.3f})".format(baseline) if baseline is not None else "")
+    )
+    if len(ratios) <= 10:
+        for (row, col), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                color = "white" if abs(value) > 0.6 * limit else "black"
+                ax.text(
+                    col, row, "{:.3f}".format(round(value, 3) + 0.0), ha="center", va="center", fontsize=7, color=color
+                )
+    fig.colorbar(image, ax=ax, label="mAP@.5 loss", fraction=0.05, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sensitivities(
+    sensitivities: Mapping[str, Mapping[float, float]], path: Path, baseline: Optional[float] = None
+) -> Path:
+    """`sensitivity_figure` as a PNG at `path` (atomic)."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(11, 6))
-    for name, losses in sensitivities.items():
-        xs = sorted(losses)
-        ax.plot([0.0] + xs, [0.0] + [losses[x] for x in xs], marker=".", linewidth=1, label=name)
-    ax.set_xlabel("fraction of output channels pruned")
-    ax.set_ylabel("val mAP@.5 loss" + (" (baseline {:.3f})".format(baseline) if baseline is not None else ""))
-    ax.axhline(0.0, color="grey", linewidth=0.5)
-    ax.legend(fontsize=5, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=1 + len(sensitivities) // 40)
-    fig.tight_layout()
+    fig = sensitivity_figure(sensitivities, baseline)
     with atomic_output(path) as tmp:
         fig.savefig(str(tmp), dpi=90, format="png")
     plt.close(fig)
