@@ -96,9 +96,14 @@ class RecorderSink:
         return [p for p in self._written if p.exists()]
 
     def report(self) -> str:
-        """One line for the end of the run: the files written."""
+        """One line for the end of the run: the files written, and the frames the encoder fell behind on."""
+        parts = []
         recorded = self.recorded_files()
-        return "recorded {}".format(", ".join(str(path) for path in recorded)) if recorded else ""
+        if recorded:
+            parts.append("recorded {}".format(", ".join(str(path) for path in recorded)))
+        if self.dropped_frames:
+            parts.append("{} frames not recorded: the encoder fell behind".format(self.dropped_frames))
+        return "; ".join(parts)
 
     def _numbered(self) -> List[Path]:
         found = [p for p in self.folder.iterdir() if self._pattern.match(p.name)]

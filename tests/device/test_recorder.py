@@ -91,6 +91,18 @@ def test_the_file_asked_for_is_the_file_written(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["rec.avi"]
 
 
+def test_the_report_names_the_files_and_the_frames_left_out(tmp_path):
+    target = tmp_path / "rec.avi"
+    sink = RecorderSink(str(target), classes=CLASSES, max_queued_frames=1)
+    for frame, dets in _frames(40):
+        sink.write(frame, dets, {})
+    sink.close()
+    assert sink.dropped_frames > 0  # 40 frames handed over at once behind a one-frame queue
+    assert sink.report() == "recorded {}; {} frames not recorded: the encoder fell behind".format(
+        target, sink.dropped_frames
+    )
+
+
 def test_a_recorded_frame_shows_the_annotation(tmp_path):
     sink = RecorderSink(str(tmp_path / "one.avi"), classes=CLASSES, max_queued_frames=4)
     image = np.full((120, 160, 3), 40, np.uint8)
