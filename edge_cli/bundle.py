@@ -171,7 +171,16 @@ def sign_command(
 ) -> None:
     """Verify a bundle and add (or replace) its Ed25519 signature, atomically."""
     from edge_sdk.bundle import inspect_bundle, sign_bundle
+    from edge_sdk.signing import load_private_key
 
+    load_private_key(key)  # a key mistake is one error line, before the status line
+    if bundle.is_file():  # a missing bundle gets sign_bundle's own error
+        typer.echo(
+            "signing {} ({:.1f} MB): verifying it, then compressing it again with the signature".format(
+                bundle, bundle.stat().st_size / 1e6
+            ),
+            err=True,
+        )
     written = sign_bundle(bundle, key, out=out)
     info = inspect_bundle(written)
     typer.echo("signed {} with key {}".format(written, info["signer_key_id"]))

@@ -99,6 +99,11 @@ XZ_MAGIC = b"\xfd7zXZ\x00"
 # (100 MB of float32: 28 s against 57 s; gzip 3 s) and a 2 MiB decoder; opening reads ~20 MB/s.
 XZ_PRESET = 1
 XZ_MEMORY_LIMIT = 128 << 20  # decoder memory: xz presets 0-9 need at most 65 MiB (preset 1: 2 MiB)
+MAX_EXPANSION = 100
+EXPANSION_ALLOWANCE = 64 << 20
+"""A bundle may decompress to at most MAX_EXPANSION x its file size + EXPANSION_ALLOWANCE bytes (and the
+limits): weights barely compress (about 1.1x), so a bomb is refused after decompressing a little
+instead of up to the 8 GiB limit (38 s)."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 FileSource = Union[PathLike, bytes, bytearray, memoryview]
@@ -419,10 +424,11 @@ def _scan(
             )
         sha256, size = _file_sha256(f)
         f.seek(0)
+        max_tar_bytes = min(max_file_bytes, MAX_EXPANSION * info.st_size + EXPANSION_ALLOWANCE)
         try:
             with contextlib.ExitStack() as stack:
                 stream = stack.enter_context(_decompressed(f))
-                reader = _CappedReader(stream, max_file_bytes, path.name)
+                reader = _CappedReader(stream, max_tar_bytes, path.name)
                 tar = stack.enter_context(tarfile.open(fileobj=reader, mode="r:"))
                 files, folders = _check_headers(tar, limits)
                 reader.seek(tar.offset)

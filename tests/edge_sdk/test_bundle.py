@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from edge_sdk.bundle import (
+    EXPANSION_ALLOWANCE,
+    MAX_EXPANSION,
     FileEntry,
     InputSpec,
     Manifest,
@@ -607,6 +609,21 @@ def test_refuses_bomb_after_the_end_of_the_tar(sandbox, compressed):
     assert_refused(
         sandbox, path, UnsafeArchiveError, "decompresses to more than", max_total_bytes=1 << 20, max_members=4
     )
+
+
+def test_refuses_a_bomb_within_the_limits_early(sandbox, compressed):
+    """320 MiB of zeros after a valid tar, well within the default 8 GiB: refused from the expansion over the
+    file's size (weights barely compress), not after decompressing up to the limit."""
+    tar_bytes = _good_tar_bytes(sandbox)
+    packer = (
+        lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=1) if compressed == "xz" else zlib.compressobj(9, wbits=31)
+    )
+    chunks = [packer.compress(tar_bytes)] + [packer.compress(bytes(1 << 20)) for _ in range(320)] + [packer.flush()]
+    path = sandbox / "in" / "bomb.edgebundle"
+    path.write_bytes(b"".join(chunks))
+    assert path.stat().st_size < (1 << 20)
+    cap = MAX_EXPANSION * path.stat().st_size + EXPANSION_ALLOWANCE
+    assert_refused(sandbox, path, UnsafeArchiveError, "decompresses to more than {} bytes".format(cap))
 
 
 def test_refuses_xz_bundle_needing_a_huge_decoder_dictionary(sandbox):
