@@ -8,7 +8,8 @@ Robot code: no paddleslim, Python 3.8; OpenCV and Paddle only inside the functio
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from edge_sdk.data.images import read_bgr
 GOLDEN_CANDIDATES_PER_IMAGE = 4  # images looked at per golden image kept (see make_golden)
 
 
-def pick_golden_records(records: Sequence[ImageRecord], count: int) -> List[ImageRecord]:
+def pick_golden_records(records: Sequence[Any], count: int) -> List[Any]:
     """`count` records spread evenly over `records` (deterministic; all of them when fewer)."""
     if count <= 0 or not records:
         return []
@@ -37,7 +38,7 @@ def pick_golden_records(records: Sequence[ImageRecord], count: int) -> List[Imag
 
 def make_golden(
     bundle: Any,
-    records: Sequence[ImageRecord],
+    records: Sequence[Union[ImageRecord, Path]],
     count: int = 4,
     quality: int = GOLDEN_JPEG_QUALITY,
     candidates_per_image: int = GOLDEN_CANDIDATES_PER_IMAGE,
@@ -46,7 +47,8 @@ def make_golden(
 
     `bundle` (an opened Bundle or a path, any stage: the reference the shipped model must
     reproduce) runs on the CPU at its manifest's score threshold (named in golden.json) on
-    count * candidates_per_image of `records` (see pick_golden_records), each encoded as JPEG at
+    count * candidates_per_image of `records` (dataset records or image paths; see
+    pick_golden_records), each encoded as JPEG at
     `quality` and decoded again: the robot decodes the same pixels from the same file. The `count`
     candidates with the most detections scoring at least threshold + the loosest health-check
     score tolerance are kept (ties: the earlier record), in record order: those boxes count under
@@ -59,9 +61,10 @@ def make_golden(
     with Detector(bundle, device="cpu") as detector:
         threshold = detector.manifest.postprocess.score_threshold
         for record in pick_golden_records(records, count * max(1, candidates_per_image)):
-            image = read_bgr(record.path)
+            path = record.path if isinstance(record, ImageRecord) else Path(record)
+            image = read_bgr(path)
             encoded = encode_golden_image(image, quality)
-            decoded = decode_golden_image(encoded, "golden JPEG of {}".format(record.path))
+            decoded = decode_golden_image(encoded, "golden JPEG of {}".format(path))
             candidates.append((encoded, detector.detect(decoded, score_threshold=threshold)))
     confident_score = threshold + max(t.score_tolerance for t in PRECISION_TOLERANCES.values())
     confident = [int((found.scores >= confident_score).sum()) for _, found in candidates]

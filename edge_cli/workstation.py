@@ -303,10 +303,19 @@ def export_command(
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Bundle name (default: yolov3_ARCH)."),
     version: str = typer.Option("0.1.0", "--version", help="Bundle version."),
+    golden_images: Optional[Path] = typer.Option(
+        None,
+        "--golden-images",
+        help="Folder of images: the bundle ships --golden-count of them as golden images with this model's "
+        "detections, which the robot's install compares (without them it only checks that the model loads).",
+    ),
+    golden_count: int = typer.Option(4, "--golden-count", min=1, max=64, help="Golden images to ship."),
 ) -> None:
     """Export a trained checkpoint straight to an fp32 bundle (no training, no compression).
 
     The checkpoint must match the architecture, width and class count exactly. Decoding and NMS use PaddleDetection's YOLOv3 defaults (conf 0.005, NMS IoU 0.45, top 1000, keep 100).
+
+    Example: edge-sdk export --arch mobilenet_v1 --weights model.pdparams --num-classes 6 --input-size 320 --golden-images data/pcb/images --out m.edgebundle
     """
     from edge_sdk.errors import DataError, RecipeError
 
@@ -314,6 +323,7 @@ def export_command(
         raise RecipeError("unknown architecture {!r}: expected one of {}".format(arch, ", ".join(_ARCHS)))
     if not weights.is_file():
         raise DataError("weights file not found: {}".format(weights))
+    golden_paths = _golden_candidates(golden_images) if golden_images is not None else []
     size = _parse_input_size(input_size)
     names, defaulted = _parse_classes(classes, num_classes)
     if defaulted:
@@ -338,14 +348,56 @@ def export_command(
         )
     for message in report.messages:
         typer.echo("note: " + message, err=True)
-    with console.status("exporting at {}x{}".format(*size)):
+    bundle_name = name or "yolov3_{}".format(arch)
+    golden_note = ", {} golden images".format(min(golden_count, len(golden_paths))) if golden_paths else ""
+    with console.status("exporting at {}x{}{}".format(size[0], size[1], golden_note)):
         metrics = StageMetrics(stage="export", flops=model_flops(model, size), params=float(count_params(model)))
-        path = export_bundle(model, names, size, out, name or "yolov3_{}".format(arch), version, metrics=[metrics])
+        if golden_paths:
+            path = _export_with_golden(
+                model, names, size, out, bundle_name, version, metrics, golden_paths, golden_count
+            )
+        else:
+            path = export_bundle(model, names, size, out, bundle_name, version, metrics=[metrics])
     typer.echo(
-        "wrote {} ({}, {} classes, input {}x{}, {:.2f} GFLOPs, {:.2f} M params)".format(
-            path, "yolov3_{}".format(arch), num_classes, size[0], size[1], metrics.flops / 1e9, metrics.params / 1e6
+        "wrote {} ({}, {} classes, input {}x{}, {:.2f} GFLOPs, {:.2f} M params{})".format(
+            path,
+            "yolov3_{}".format(arch),
+            num_classes,
+            size[0],
+            size[1],
+            metrics.flops / 1e9,
+            metrics.params / 1e6,
+            golden_note,
         )
     )
+
+
+def _golden_candidates(folder: Path) -> List[Path]:
+    """The images in `folder` (sorted by name); DataError when it is not a folder or holds none."""
+    from device.sources import IMAGE_SUFFIXES
+    from edge_sdk.errors import DataError
+
+    if not folder.is_dir():
+        raise DataError("--golden-images: {} is not a folder".format(folder))
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError("--golden-images: {} holds no images ({})".format(folder, ", ".join(IMAGE_SUFFIXES)))
+    return images
+
+
+def _export_with_golden(model, names, size, out, bundle_name, version, metrics, images, count) -> Path:
+    """export_bundle to a draft next to `out`, then `out` = the draft plus golden images of `images`."""
+    import tempfile
+
+    from calibration.golden import make_golden
+    from compress.export import export_bundle, rewrite_bundle
+    from edge_sdk.bundle import open_bundle
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=str(out.parent)) as tmp:
+        draft = export_bundle(model, names, size, Path(tmp) / out.name, bundle_name, version, metrics=[metrics])
+        with open_bundle(draft) as opened:
+            return rewrite_bundle(opened, out, extra_files=make_golden(opened, images, count))
 
 
 def eval_command(

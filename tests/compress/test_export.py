@@ -260,6 +260,7 @@ def test_cli_export_writes_a_bundle(tiny_checkpoint, tmp_path):
         ({"--num-classes": "5"}, "has 3 classes, --num-classes is 5"),
         ({"--classes": "a,b"}, "--classes lists 2 names"),
         ({"--input-size": "100"}, "multiples of 32"),
+        ({"--golden-images": "no-such-folder"}, "--golden-images: no-such-folder is not a folder"),
     ],
 )
 def test_cli_export_errors_are_one_line(tiny_checkpoint, tmp_path, change, message):
@@ -281,3 +282,24 @@ def test_cli_export_errors_are_one_line(tiny_checkpoint, tmp_path, change, messa
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert not (tmp_path / "x.edgebundle").exists()
+
+
+def test_cli_export_ships_golden_images_the_robot_checks(tiny_checkpoint, tmp_path):
+    from calibration.golden import self_check
+    from device.golden import load_golden
+    from edge_sdk.bundle import open_bundle
+    from edge_sdk.data.synth import synthesize
+
+    synthesize(tmp_path / "data", 6, seed=1, size=(128, 128), progress=False)
+    out = tmp_path / "pcb-1.0.edgebundle"
+    result = _cli(
+        "export", "--arch", "mobilenet_v3_large", "--weights", str(tiny_checkpoint), "--num-classes", "3",
+        "--input-size", "96", "--width", "0.25", "--out", str(out),
+        "--golden-images", str(tmp_path / "data" / "images"), "--golden-count", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 golden images" in result.stdout
+    with open_bundle(out) as bundle:
+        assert len(load_golden(bundle).entries) == 2
+        assert self_check(bundle) == []
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".edgebundle" or p.name.startswith(".")] == [out.name]
