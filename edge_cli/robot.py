@@ -310,7 +310,10 @@ def list_command(
     root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the versions as a JSON list."),
 ) -> None:
-    """Show installed versions: active/previous markers, install time, signer, health result."""
+    """Show installed versions, newest first: active/previous (else the status), bundle, build (sha256
+    prefix), install time (UTC), signer key (prefix) and health; fits an 80-column terminal. --json has
+    every field in full."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -323,20 +326,27 @@ def list_command(
     if not rows:
         typer.echo("no versions installed in {}".format(root))
         return
-    table = Table(title="bundles in {}".format(root), title_justify="left")
-    for column in ("", "name", "version", "sha256", "installed", "signed by", "status", "health"):
-        table.add_column(column, overflow="fold")
+    table = Table(
+        title="bundles in {}".format(root),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    table.add_column("state", no_wrap=True)
+    table.add_column("bundle")
+    for column in ("build", "installed (UTC)", "signer"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("health")
     for row in rows:
-        marker = "active" if row["active"] else ("previous" if row["previous"] else "")
+        state = "active" if row["active"] else ("previous" if row["previous"] else row["status"])
         health = row["health"] + ("" if row["fps"] is None else " ({:.1f} FPS)".format(row["fps"]))
         table.add_row(
-            marker,
-            row["name"],
-            row["version"],
-            row["sha256"][:12],
-            row["installed_at"],
-            row["signed_by"] or "unsigned",
-            row["status"],
+            state,
+            "{} {}".format(row["name"], row["version"]),
+            row["sha256"][:8],
+            row["installed_at"][:16].replace("T", " "),
+            (row["signed_by"] or "unsigned")[:8],
             health,
         )
     Console().print(table)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import os
 import re
 import shutil
 import subprocess
@@ -257,6 +258,25 @@ def test_health_pass_commits_and_list_shows_it(made, store):
     assert all(r["signed_by"] for r in rows) and rows[0]["health"] == "passed" and rows[0]["fps"] > 0
     table = edge_sdk("list", "--root", str(store))
     assert table.returncode == 0 and "active" in table.stdout and "previous" in table.stdout
+
+
+def test_list_fits_an_80_column_terminal(made, store):
+    """Every line within 80 characters, and each version's build, install date and signer unbroken on its row."""
+    install_bundle(made["v3"], store, skip_health=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_cli", "list", "--root", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, COLUMNS="80"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.stdout
+    for row in list_versions(store):
+        line = next((line for line in lines if row["sha256"][:8] in line), "")
+        assert row["installed_at"][:10] in line and row["signed_by"][:8] in line, result.stdout
+        assert "tiny " + row["version"] in line, result.stdout
 
 
 def test_rollback_and_list(made, store):
