@@ -28,6 +28,10 @@ def _quiet(message: str) -> None:
     pass
 
 
+NO_GOLDEN_CHECK = "loaded (no golden check)"
+"""The verdict of a passed health check that had no golden images to compare: the model only loaded and ran."""
+
+
 @dataclass
 class HealthReport:
     """Outcome of the health check. checks: name -> one-line result; fps: frames per second (detect)."""
@@ -52,6 +56,24 @@ class HealthReport:
             "warnings": self.warnings,
             "fps": self.fps,
         }
+
+    @classmethod
+    def from_dict(cls, doc: Dict[str, Any]) -> HealthReport:
+        """The report `to_dict` wrote (missing keys take their defaults)."""
+        return cls(
+            bool(doc.get("passed", True)),
+            str(doc.get("reason", "")),
+            dict(doc.get("checks") or {}),
+            list(doc.get("warnings") or []),
+            doc.get("fps"),
+        )
+
+    def verdict(self) -> str:
+        """What was verified, in a few words: "passed" only when golden images were compared,
+        NO_GOLDEN_CHECK when the model loaded without any, else "failed: REASON"."""
+        if not self.passed:
+            return "failed: " + self.reason
+        return "passed" if self.checks.get("golden", "").startswith("ok") else NO_GOLDEN_CHECK
 
 
 @dataclass(frozen=True)
@@ -206,7 +228,7 @@ def health_check_isolated(folder: Path, settings: HealthSettings, timeout: float
         return HealthReport().fail(
             "health", "the health check failed: {}".format(tail[-1] if tail else "exit {}".format(done.returncode))
         )
-    return HealthReport(doc["passed"], doc["reason"], doc["checks"], doc["warnings"], doc["fps"])
+    return HealthReport.from_dict(doc)
 
 
 def one_line(exc: BaseException) -> str:

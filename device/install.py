@@ -69,7 +69,8 @@ class InstallResult:
         text = "installed {} {} ({})".format(self.name, self.version, self.sha256[:12])
         if self.health is None:
             return text + "; health check skipped"
-        return text + "; health: " + "; ".join("{} {}".format(k, v) for k, v in self.health.checks.items())
+        checks = "; ".join("{} {}".format(k, v) for k, v in self.health.checks.items())
+        return "{}; health {}: {}".format(text, self.health.verdict(), checks)
 
 
 class HealthCheckFailed(InstallError):
@@ -344,7 +345,7 @@ def _commit(store: Store, journal: Dict[str, Any], bundle: Any, report: Optional
         sha256=bundle.sha256,
         dir=dirname,
         previous=new["previous"],
-        health="skipped" if report is None else "passed",
+        health="skipped" if report is None else report.verdict(),
         fps=None if report is None else report.fps,
     )
     store.clear_journal()
@@ -462,7 +463,7 @@ def list_versions(root: Any = DEFAULT_ROOT) -> List[Dict[str, Any]]:
         if health.get("skipped"):
             health_text = "skipped"
         elif health:
-            health_text = "passed" if health.get("passed") else "failed: " + str(health.get("reason", ""))
+            health_text = HealthReport.from_dict(health).verdict()
         else:
             health_text = "pending"
         rows.append(
