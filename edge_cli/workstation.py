@@ -401,27 +401,88 @@ def _export_with_golden(model, names, size, out, bundle_name, version, metrics, 
 
 
 def eval_command(
-    gt: Path = typer.Option(
-        ..., "--gt", help="COCO ground-truth JSON (images, annotations, categories). Image files are not needed."
+    gt: Optional[Path] = typer.Option(
+        None, "--gt", help="COCO ground-truth JSON (images, annotations, categories). Image files are not needed."
     ),
-    dt: Path = typer.Option(
-        ..., "--dt", help="COCO results JSON: a list of {image_id, category_id, bbox (x, y, w, h), score}."
+    dt: Optional[Path] = typer.Option(
+        None,
+        "--dt",
+        help="COCO results JSON: a list of {image_id, category_id, bbox (x, y, w, h), score} "
+        "(`edge-sdk run --coco-results` writes one).",
+    ),
+    bundle: Optional[Path] = typer.Option(
+        None,
+        "--bundle",
+        help="Instead of --gt/--dt: detect with this bundle on every image of --data through the robot's "
+        "predictor (Paddle Inference, as `edge-sdk run` runs it), every score kept.",
+    ),
+    data: Optional[Path] = typer.Option(
+        None,
+        "--data",
+        help="With --bundle: COCO ground-truth JSON whose image files lie beside it, in images/ or ../images.",
+    ),
+    device: str = typer.Option("auto", "--device", help="With --bundle: auto, cpu or gpu."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, max=256, help="With --bundle: CPU math threads (default: all cores)."
+    ),
+    trusted_key: Optional[Path] = typer.Option(
+        None, "--trusted-key", help="With --bundle: require it to be signed by this public key (file or folder)."
     ),
     as_json: bool = typer.Option(
         False, "--json", help="Print machine-readable JSON (keys mAP, mAP50, per_class, ...; null when undefined)."
     ),
 ) -> None:
-    """COCO bbox mAP of detections against ground truth, computed like pycocotools' COCOeval.
+    """COCO bbox mAP, computed like pycocotools' COCOeval: of a results file
+    against ground truth (--gt, --dt), or of a bundle on a COCO dataset
+    (--bundle, --data), like `yolo val`.
 
-    Prints AP@[.5:.95], AP@.5 and AR@100 per class, then mAP, mAP50, mAP75 and mAP by object size.
+    Prints AP@[.5:.95], AP@.5 and AR@100 per class, then mAP, mAP50, mAP75
+    and mAP by object size; with --bundle also the median time per image.
+
+    Example: edge-sdk eval --bundle m.edgebundle --data data/pcb/val.json
     """
     from edge_sdk.metrics import evaluate_coco
 
-    result = evaluate_coco(gt, dt)
+    if bundle is not None or data is not None:
+        if bundle is None or data is None or gt is not None or dt is not None:
+            raise typer.BadParameter("give --bundle and --data together, or --gt and --dt", param_hint="--bundle")
+        result, latency_ms = _evaluate_bundle(bundle, data, device, threads, trusted_key)
+    elif gt is None or dt is None:
+        raise typer.BadParameter("give --gt and --dt together, or --bundle and --data", param_hint="--gt")
+    else:
+        result, latency_ms = evaluate_coco(gt, dt), None
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        document = result.to_dict()
+        if latency_ms is not None:
+            document["latency_ms"] = latency_ms
+        typer.echo(json.dumps(document, indent=2, allow_nan=False))
         return
     _print_tables(result)
+    if latency_ms is not None:
+        typer.echo("median {:.1f} ms per image (preprocessing, inference, postprocessing)".format(latency_ms))
+
+
+def _evaluate_bundle(
+    bundle: Path, data: Path, device: str, threads: Optional[int], trusted_key: Optional[Path]
+) -> Tuple[Any, float]:
+    """(EvalResult, median ms per image) of `bundle` on the COCO set `data`, with a status line."""
+    from device.evaluate import evaluate_model
+    from device.runtime import StatusLine
+    from edge_sdk.data import load_coco
+
+    dataset = load_coco(data)
+    status = StatusLine(every=5.0)
+    done = [0]
+
+    def progress() -> None:
+        done[0] += 1
+        status.update("evaluating {}: {}/{} images".format(bundle.name, done[0], len(dataset.images)))
+
+    evaluation = evaluate_model(
+        bundle, dataset, device=device, threads=threads, progress=progress, trusted_keys=trusted_key
+    )
+    status.finish("evaluated {} on {} images".format(bundle.name, len(dataset.images)))
+    return evaluation.result, evaluation.latency_ms
 
 
 def _print_tables(result: Any) -> None:

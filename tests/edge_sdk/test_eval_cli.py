@@ -92,3 +92,48 @@ def test_bad_input_is_one_line_error(tmp_path: Path, case: int, expected: str) -
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and expected in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def pcb_val(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 5-image synthetic PCB set (COCO, images/ beside val.json); val.json lists 2 of them."""
+    from edge_sdk.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("pcb")
+    synthesize(out, 5, seed=0, size=(128, 128), val_fraction=0.4, progress=False, workers=1)
+    return out / "val.json"
+
+
+def test_eval_bundle_scores_a_bundle_on_a_coco_set_like_a_run_does(tiny_bundle: Path, pcb_val: Path, tmp_path):
+    proc = run_cli("--bundle", str(tiny_bundle), "--data", str(pcb_val), "--threads", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    direct = json.loads(proc.stdout)
+    assert direct["num_images"] == 2 and direct["latency_ms"] > 0
+    results = tmp_path / "results.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "edge_cli", "run", "--source", str(pcb_val.parent / "images")]
+        + ["--bundle", str(tiny_bundle), "--coco-gt", str(pcb_val), "--coco-results", str(results)]
+        + ["--score-threshold", "0", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    via_run = json.loads(run_cli("--gt", str(pcb_val), "--dt", str(results), "--json").stdout)
+    assert via_run["num_detections"] == direct["num_detections"]
+    assert via_run["mAP50"] == pytest.approx(direct["mAP50"], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--bundle", "m.edgebundle"], "give --bundle and --data together"),
+        (["--data", "val.json"], "give --bundle and --data together"),
+        (["--gt", "val.json"], "give --gt and --dt together"),
+        ([], "give --gt and --dt together"),
+    ],
+)
+def test_eval_needs_one_pair_of_inputs(args: List[str], expected: str) -> None:
+    proc = run_cli(*args)
+    assert proc.returncode == 2 and expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
