@@ -9,6 +9,7 @@ training.png (loss and mAP curves).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import paddle.nn as nn
 from compress.config import Recipe
 from compress.loss import YOLOv3Loss
 from edge_sdk.data.dataset import Dataset, ImageRecord
+from edge_sdk.data.images import read_bgr
 from edge_sdk.errors import DataError, RecipeError
 from edge_sdk.fileio import atomic_output, atomic_write_text
 
@@ -257,7 +259,7 @@ class Trainer:
         """
         images, gt_box, gt_class, gt_score = batch
         size = images.shape[2:4]
-        context = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else _nullcontext()
+        context = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
         with context:
             with paddle.amp.auto_cast(enable=self.use_amp, level="O1"):
                 outputs = self.model(images)
@@ -310,14 +312,6 @@ class Trainer:
         """Micro-batches in order; a step after every `accumulate_steps` of them and after the last."""
         batches = list(batches)
         return [losses for losses, _ in self.epoch(batches, len(batches))]
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def make_optimizer(net: nn.Layer, train_cfg: Any) -> paddle.optimizer.Optimizer:
@@ -430,8 +424,6 @@ def predict(
 ) -> List[Any]:
     """Detections (source pixels, every score >= conf_threshold) for each record, with the export's
     decoding + NMS (`compress.export.InferenceModel`) on the dygraph model in eval mode."""
-    import cv2
-
     from compress.export import InferenceModel
     from compress.transforms import preprocess_bgr
     from device.postprocess import boxes_to_detections
@@ -445,9 +437,7 @@ def predict(
             chunk = records[start : start + batch_size]
             images, shapes = [], []
             for r in chunk:
-                image = cv2.imread(str(r.path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise DataError("cannot decode image {}".format(r.path))
+                image = read_bgr(r.path)
                 shapes.append(image.shape[:2])
                 images.append(preprocess_bgr(image, (input_size, input_size)))
             n = len(chunk)

@@ -20,7 +20,7 @@ import paddle
 
 from compress.config import AugmentSection
 from edge_sdk.data.dataset import ImageRecord
-from edge_sdk.errors import DataError
+from edge_sdk.data.images import read_bgr
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -29,10 +29,7 @@ _INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTE
 
 def read_rgb(path: str) -> np.ndarray:
     """Decode an image file -> (H, W, 3) uint8 RGB."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError("cannot decode image {}".format(path))
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 def normalize(image_rgb: np.ndarray, size_hw: Tuple[int, int], interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
