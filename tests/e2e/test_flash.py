@@ -118,7 +118,7 @@ def test_table_output_and_summary(tiny_bundle, sshd, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "1 robots: 1 installed, 0 skipped, 0 failed" in result.stdout
-    assert [r["health"] for r in list_versions(robot)] == ["passed"]
+    assert [r["health"] for r in list_versions(robot)] == ["loaded (no golden check)"]
 
 
 @pytest.mark.parametrize(
