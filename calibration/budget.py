@@ -44,6 +44,7 @@ from edge_sdk.data.images import read_bgr
 from edge_sdk.detections import Detections
 from edge_sdk.errors import RecipeError
 from edge_sdk.manifest import Manifest, Quantization
+from edge_sdk.progress import progress_bar
 
 
 class AccuracyBudgetExceeded(RecipeError):
@@ -255,10 +256,8 @@ def layer_sensitivity(
         }
         baseline = evaluate(truth, runner.detect(runner.program)).map50 or 0.0
         scores = []
-        from calibration.ptq import _progress_bar
-
-        with _progress_bar(
-            progress, "layer sensitivity ({} layers, {} images)".format(len(layers), len(records)), len(layers)
+        with progress_bar(
+            "layer sensitivity ({} layers, {} images)".format(len(layers), len(records)), len(layers), progress
         ) as advance:
             for layer in layers:
                 program, undo = _float_copy(runner.program, layer, runner.scope, float_weights[layer.weight_var])

@@ -38,6 +38,7 @@ from edge_sdk.data.images import read_bgr
 from edge_sdk.errors import DataError, RecipeError
 from edge_sdk.fileio import atomic_write_bytes, fsync_dir
 from edge_sdk.manifest import InputSpec
+from edge_sdk.progress import progress_bar
 
 PROGRAM_FILE = "model.pdmodel"
 PARAMS_FILE = "model.pdiparams"
@@ -343,8 +344,8 @@ def quantize_post_training(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".{}.tmp-".format(out_dir.name), dir=str(out_dir.parent)))
     try:
-        with _progress_bar(
-            progress, "calibrating ({}, {} images)".format(algo, len(calibration_records)), passes * batches
+        with progress_bar(
+            "calibrating ({}, {} images)".format(algo, len(calibration_records)), passes * batches, progress
         ) as advance:
             loader = calibration_loader(calibration_records, input_spec, batch_size, advance)
             scope = paddle.static.Scope()
@@ -380,24 +381,3 @@ def quantize_post_training(
     except BaseException:
         shutil.rmtree(str(tmp_dir), ignore_errors=True)
         raise
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[], None]]:
-    """A rich progress bar on stderr yielding its `advance()`; a no-op when disabled."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)

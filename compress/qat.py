@@ -25,6 +25,7 @@ from compress.config import QATSection
 from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import DataError
 from edge_sdk.manifest import Postprocess
+from edge_sdk.progress import progress_bar
 
 
 @dataclass
@@ -91,7 +92,7 @@ def quantize_aware_train(
     loader = make_loader(dataset, sampler, 0)
     history: List[Dict[str, float]] = []
     step = 0
-    with _bar(progress, section.epochs * len(sampler)) as advance:
+    with progress_bar("QAT fine-tuning", section.epochs * len(sampler), progress) as advance:
         for epoch in range(section.epochs):
             model.train()
             dataset.set_epoch(epoch)
@@ -134,32 +135,3 @@ def quantize_aware_train(
     except BaseException:
         shutil.rmtree(str(tmp_dir), ignore_errors=True)
         raise
-
-
-class _bar:
-    """A rich progress bar over QAT iterations (or nothing); `with _bar(...) as advance: advance()`."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-        self.progress: Any = None
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("QAT fine-tuning"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        )
-        self.progress.start()
-        task = self.progress.add_task("qat", total=self.total)
-        return lambda: self.progress.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()

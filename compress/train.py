@@ -30,6 +30,7 @@ from edge_sdk.data.dataset import Dataset, ImageRecord
 from edge_sdk.data.images import read_bgr
 from edge_sdk.errors import DataError, RecipeError
 from edge_sdk.fileio import atomic_output, atomic_write_text
+from edge_sdk.progress import progress_display
 
 LAST_CHECKPOINT = "last.pdckpt"
 BEST_CHECKPOINT = "best.pdparams"
@@ -796,24 +797,7 @@ class _Bars:
 
     def __enter__(self) -> _Bars:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=self.console,
-            )
+            self.progress = progress_display(self.console, field="info")
             self.progress.__enter__()
             self.epoch_task = self.progress.add_task("epochs", total=self.epochs, completed=self.start, info="")
             self.iter_task = self.progress.add_task("iterations", total=self.iterations, info="")

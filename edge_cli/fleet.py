@@ -45,12 +45,12 @@ def flash_command(
 ) -> None:
     """Copy a bundle to robots over ssh and install it there; one line per robot, exit 1 if any failed."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from device.flash import FlashPlan, SshOptions, flash, parse_target, read_targets_file
     from edge_sdk.bundle import inspect_bundle
     from edge_sdk.errors import InstallError
+    from edge_sdk.progress import progress_display
 
     texts = list(to) + (read_targets_file(robots) if robots is not None else [])
     if not texts:
@@ -72,14 +72,7 @@ def flash_command(
         connect_timeout=connect_timeout,
     )
     console = Console(stderr=True)
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[step]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_display(console, field="step")
     steps = {"checking": 1, "copying": 2, "installing": 3}
     with progress:
         tasks = {t: progress.add_task(t.label, total=4, step="waiting") for t in targets}

@@ -33,6 +33,7 @@ import numpy as np
 
 from edge_sdk.errors import DataError
 from edge_sdk.fileio import atomic_write_bytes
+from edge_sdk.progress import progress_bar
 
 CLASSES = ("missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper")
 MISSING_HOLE, MOUSE_BITE, OPEN_CIRCUIT, SHORT, SPUR, SPURIOUS_COPPER = range(len(CLASSES))
@@ -871,7 +872,7 @@ def synthesize(
     results: Dict[int, Tuple[List[List[float]], List[int]]] = {}
     label = "synthesizing {} images".format(images)
     if workers <= 1:
-        with _Progress(progress, images, label) as report:
+        with progress_bar(label, images, progress) as report:
             for index, boxes, class_ids in map(_render_file, jobs):
                 results[index] = (boxes, class_ids)
                 report()
@@ -880,7 +881,7 @@ def synthesize(
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pool.submit(int).result()  # start the workers before the progress bar starts its thread
-            with _Progress(progress, images, label) as report:
+            with progress_bar(label, images, progress) as report:
                 for index, boxes, class_ids in pool.map(_render_file, jobs, chunksize=4):
                     results[index] = (boxes, class_ids)
                     report()
@@ -890,42 +891,3 @@ def synthesize(
         document = _coco_document(seed, (width, height), list(indices), results)
         atomic_write_bytes(path, json.dumps(document, separators=(",", ":")).encode("utf-8"))
     return train_json, val_json
-
-
-class _Progress:
-    """A rich progress bar, a callback, or nothing; used as `with _Progress(...) as advance: advance()`."""
-
-    def __init__(self, progress: Union[bool, Callable[[int, int], None]], total: int, label: str):
-        self.progress, self.total, self.label = progress, total, label
-        self.done = 0
-        self.bar = None
-        self.task = None
-
-    def __enter__(self) -> Callable[[], None]:
-        if self.progress is True:
-            try:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            except ImportError:
-                self.progress = False
-            else:
-                self.bar = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeRemainingColumn(),
-                    transient=False,
-                )
-                self.bar.__enter__()
-                self.task = self.bar.add_task(self.label, total=self.total)
-        return self.advance
-
-    def advance(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(self.task, advance=1)
-        elif callable(self.progress):
-            self.progress(self.done, self.total)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc_info)
