@@ -27,8 +27,6 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from calibration.ptq import (
-    PARAMS_FILE,
-    PROGRAM_FILE,
     QuantLayer,
     _check_model_dir,
     fold_conv_batch_norm,
@@ -39,6 +37,7 @@ from calibration.ptq import (
     static_mode,
 )
 from device.evaluate import Evaluation, ModelFolder, evaluate_model
+from edge_sdk.bundle import PARAMS_FILE, PROGRAM_FILE
 from edge_sdk.data.dataset import Dataset, ImageRecord
 from edge_sdk.data.images import read_bgr
 from edge_sdk.detections import Detections

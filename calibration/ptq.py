@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Unio
 import numpy as np
 
 from calibration.config import PTQ_ALGOS
+from edge_sdk.bundle import PARAMS_FILE, PROGRAM_FILE
 from edge_sdk.data.dataset import ImageRecord
 from edge_sdk.data.images import read_bgr
 from edge_sdk.errors import DataError, RecipeError
@@ -40,8 +41,6 @@ from edge_sdk.fileio import atomic_write_bytes, fsync_dir
 from edge_sdk.manifest import InputSpec
 from edge_sdk.progress import progress_bar
 
-PROGRAM_FILE = "model.pdmodel"
-PARAMS_FILE = "model.pdiparams"
 PARAMS_INFO_FILE = "model.pdiparams.info"
 LAYER_NAMES_FILE = "model.layers.json"
 # attribute under which compress.export's inference wrapper holds the detector

@@ -22,10 +22,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from calibration.config import PTQ_ALGOS
 from edge_sdk.errors import RecipeError
-from edge_sdk.manifest import MAX_DETECTIONS, MAX_INPUT_SIDE, MAX_NMS_CANDIDATES
+from edge_sdk.manifest import ARCHS, MAX_DETECTIONS, MAX_INPUT_SIDE, MAX_NMS_CANDIDATES
 from edge_sdk.schema import Schema, checked, to_plain
 
-ARCHS = ("mobilenet_v1", "darknet53", "mobilenet_v3_large")
 STAGES = ("train", "prune", "distill", "int8", "export")
 """The names a recipe's `stages` may use, in the order they run (what each does: compress.stages.STAGE_TABLE)."""
 DEFAULT_PRUNE_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)

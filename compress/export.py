@@ -21,7 +21,7 @@ import paddle.nn as nn
 
 from calibration.ptq import LAYER_NAMES_FILE, strip_op_callstacks, write_layer_names
 from compress.flops import count_params, model_flops
-from edge_sdk.bundle import Bundle, opened_bundle, write_bundle
+from edge_sdk.bundle import MODEL_PARAMS, MODEL_PROGRAM, PARAMS_FILE, PROGRAM_FILE, Bundle, opened_bundle, write_bundle
 from edge_sdk.manifest import (
     InputSpec,
     Manifest,
@@ -42,7 +42,6 @@ __all__ = [
     "tensorrt_hints",
 ]
 
-MODEL_FILES = ("model/model.pdmodel", "model/model.pdiparams")
 LAYER_NAMES_MEMBER = "model/model.layers.json"
 """Weight variable -> structured layer name (calibration.ptq.layer_names): how INT8 reports name layers."""
 
@@ -184,7 +183,7 @@ def export_inference(
     finally:
         if was_training:
             model.train()
-    return out_dir / "model.pdmodel", out_dir / "model.pdiparams"
+    return out_dir / PROGRAM_FILE, out_dir / PARAMS_FILE
 
 
 def tensorrt_hints(
@@ -257,7 +256,7 @@ def export_bundle(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".export-", dir=str(out_path.parent)) as tmp:
         pdmodel, pdiparams = export_inference(model, (height, width), Path(tmp), postprocess)
-        files = {MODEL_FILES[0]: pdmodel, MODEL_FILES[1]: pdiparams, LAYER_NAMES_MEMBER: Path(tmp) / LAYER_NAMES_FILE}
+        files = {MODEL_PROGRAM: pdmodel, MODEL_PARAMS: pdiparams, LAYER_NAMES_MEMBER: Path(tmp) / LAYER_NAMES_FILE}
         for arcname, source in (extra_files or {}).items():
             files[arcname] = source if isinstance(source, bytes) else Path(os.fspath(source))
         return Path(write_bundle(out_path, manifest, files, signing_key=signing_key))

@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from compress.config import Recipe
 from compress.stage_cache import StageRecord
+from edge_sdk.bundle import MODEL_PARAMS, MODEL_PROGRAM, PARAMS_FILE, PROGRAM_FILE
 from edge_sdk.errors import RecipeError
 from edge_sdk.fileio import file_sha256
 from edge_sdk.schema import to_plain
@@ -339,7 +340,7 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
     with open_bundle(fp32_bundle) as bundle:
         manifest = bundle.manifest
         golden = golden_members(bundle)
-        fp32_dir = bundle.path_of("model/model.pdmodel").parent
+        fp32_dir = bundle.path_of(MODEL_PROGRAM).parent
         ctx.log(
             "INT8: PTQ ({}, {} calibration images) of the {} bundle".format(cfg.algo, len(calibration), previous.stage)
         )
@@ -382,8 +383,8 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
     provenance = dataclasses.replace(manifest.provenance, calibration_sha256=calibration.sha256)
     int8 = dataclasses.replace(int8_manifest(manifest, quantization), provenance=provenance, files=(), created_at="")
     files: Dict[str, Any] = {
-        "model/model.pdmodel": model_dir / "model.pdmodel",
-        "model/model.pdiparams": model_dir / "model.pdiparams",
+        MODEL_PROGRAM: model_dir / PROGRAM_FILE,
+        MODEL_PARAMS: model_dir / PARAMS_FILE,
     }
     if (model_dir / LAYER_NAMES_FILE).is_file():
         files[LAYER_NAMES_MEMBER] = model_dir / LAYER_NAMES_FILE
@@ -398,7 +399,7 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
         _check_qat_budget(info["fp32_map50"], info["ptq_map50"], metrics.map50, cfg.budget_map50)
     info.update(quantization=to_plain(quantization), calibration_sha256=calibration.sha256, per_class=per_class)
     return (
-        {"bundle": BUNDLE_FILE, "pdmodel": "model/model.pdmodel", "pdiparams": "model/model.pdiparams"},
+        {"bundle": BUNDLE_FILE, "pdmodel": MODEL_PROGRAM, "pdiparams": MODEL_PARAMS},
         metrics,
         info,
     )

@@ -14,12 +14,10 @@ import numpy as np
 
 from device.postprocess import boxes_to_detections
 from device.preprocess import Preprocessor
+from edge_sdk.bundle import MODEL_PARAMS, MODEL_PROGRAM
 from edge_sdk.detections import Detections
 from edge_sdk.errors import PredictorError
 from edge_sdk.model_files import ModelFiles
-
-MODEL_PROGRAM = "model/model.pdmodel"
-MODEL_PARAMS = "model/model.pdiparams"
 
 
 class Detector:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from edge_sdk.bundle import MODEL_PARAMS, MODEL_PROGRAM, PARAMS_FILE, PROGRAM_FILE
 from edge_sdk.errors import BundleError
 from edge_sdk.manifest import InputSpec, Manifest, Quantization, ShapeRange, TensorRTHints
 
 # PaddleDetection's `interp` values are OpenCV's: 0 nearest, 1 linear, 2 cubic, 3 area, 4 lanczos4.
 PPDET_INTERPOLATIONS = {0: "nearest", 1: "linear", 2: "cubic", 3: "area"}
-MODEL_FILES = ("model.pdmodel", "model.pdiparams", "infer_cfg.yml")
+MODEL_FILES = (PROGRAM_FILE, PARAMS_FILE, "infer_cfg.yml")
 # Every quantize/dequantize op type (quantize_linear, fake_quantize_*, fake_channel_wise_dequantize_*, ...).
 QUANT_OP_MARKER = "quantize"
 
@@ -207,10 +208,10 @@ def import_ppdet(
             "{} lacks {} (a PaddleDetection export has {})".format(folder, ", ".join(missing), ", ".join(MODEL_FILES))
         )
     config = parse_infer_cfg(folder / "infer_cfg.yml")
-    quantized = program_is_quantized(folder / "model.pdmodel")
+    quantized = program_is_quantized(folder / PROGRAM_FILE)
     manifest = build_manifest(config, name or folder.resolve().name, version, quantized=quantized)
     files: Dict[str, Any] = {
-        "model/model.pdmodel": folder / "model.pdmodel",
-        "model/model.pdiparams": folder / "model.pdiparams",
+        MODEL_PROGRAM: folder / PROGRAM_FILE,
+        MODEL_PARAMS: folder / PARAMS_FILE,
     }
     return Path(write_bundle(out_path, manifest, files, signing_key=signing_key))

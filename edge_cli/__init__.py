@@ -2,8 +2,8 @@
 
 One module per user, each adding its own commands in `register(app)`: `workstation` (compress, demo,
 export, eval), `robot` (run, bench, doctor, install, rollback, list, service), `fleet` (flash),
-`bundle` (bundle ..., keygen) and `data` (data ...). Those modules import only typer at module
-level and import the work inside each command, so `edge-sdk --help` is fast and works on a robot
+`bundle` (bundle ..., keygen) and `data` (data ...). Those modules import only typer (and edge_sdk
+constants) at module level and import the work inside each command, so `edge-sdk --help` is fast and works on a robot
 without paddleslim.
 """
 

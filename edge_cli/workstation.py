@@ -11,6 +11,7 @@ from typing import Any, List, Optional, Tuple
 
 import typer
 
+from edge_sdk.manifest import ARCHS
 from edge_sdk.quiet import quiet_libraries
 
 INTERRUPTED_EXIT = 130
@@ -241,9 +242,6 @@ def demo_command(
     _run_pipeline(recipe, workdir, None, None, resume, progress)
 
 
-_ARCHS = ("darknet53", "mobilenet_v1", "mobilenet_v3_large")
-
-
 def _parse_input_size(text: str) -> Tuple[int, int]:
     """ "320" -> (320, 320); "320x416" -> (320, 416) as (height, width)."""
     from edge_sdk.errors import RecipeError
@@ -282,7 +280,7 @@ def _parse_classes(text: Optional[str], num_classes: int) -> Tuple[Tuple[str, ..
 
 
 def export_command(
-    arch: str = typer.Option(..., "--arch", help="Backbone: " + ", ".join(_ARCHS) + ".", show_default=False),
+    arch: str = typer.Option(..., "--arch", help="Backbone: " + ", ".join(ARCHS) + ".", show_default=False),
     weights: Path = typer.Option(
         ..., "--weights", help="PaddleDetection-layout YOLOv3 checkpoint (.pdparams).", show_default=False
     ),
@@ -319,8 +317,8 @@ def export_command(
     """
     from edge_sdk.errors import DataError, RecipeError
 
-    if arch not in _ARCHS:
-        raise RecipeError("unknown architecture {!r}: expected one of {}".format(arch, ", ".join(_ARCHS)))
+    if arch not in ARCHS:
+        raise RecipeError("unknown architecture {!r}: expected one of {}".format(arch, ", ".join(ARCHS)))
     if not weights.is_file():
         raise DataError("weights file not found: {}".format(weights))
     golden_paths = _golden_candidates(golden_images) if golden_images is not None else []

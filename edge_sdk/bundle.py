@@ -80,6 +80,12 @@ __all__ = [
 BUNDLE_SUFFIX = ".edgebundle"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
+PROGRAM_FILE = "model.pdmodel"
+"""An exported model folder's inference program (beside PARAMS_FILE, its weights)."""
+PARAMS_FILE = "model.pdiparams"
+MODEL_PROGRAM = "model/" + PROGRAM_FILE
+"""The bundle member holding the inference program (MODEL_PARAMS: its weights)."""
+MODEL_PARAMS = "model/" + PARAMS_FILE
 RESERVED_NAMES = (MANIFEST_NAME, SIGNATURE_NAME)
 
 DEFAULT_MAX_MEMBER_BYTES = 4 << 30  # one file (a YOLOv3 DarkNet53 fp32 .pdiparams is ~250 MB)

@@ -16,6 +16,8 @@ from edge_sdk.errors import ManifestError
 from edge_sdk.schema import Schema, checked, to_plain
 
 SCHEMA_VERSION = 1
+ARCHS = ("mobilenet_v1", "darknet53", "mobilenet_v3_large")
+"""YOLOv3 backbones the SDK builds and trains; a bundle's architecture is yolov3_ARCH."""
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_METHODS = ("none", "ptq", "qat")
 RESIZE_MODES = ("stretch", "keep_ratio")

@@ -8,11 +8,11 @@ import paddle
 import paddle.nn as nn
 
 from edge_sdk.errors import RecipeError
+from edge_sdk.manifest import ARCHS
 
 DEFAULT_ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326))
 DEFAULT_ANCHOR_MASKS = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
 DOWNSAMPLE_RATIOS = (32, 16, 8)
-ARCHS = ("darknet53", "mobilenet_v1", "mobilenet_v3_large")
 
 
 def _build_backbone(arch: str, width: float) -> nn.Layer:
