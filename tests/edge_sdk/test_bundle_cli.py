@@ -146,7 +146,7 @@ def test_manifest_values_out_of_range_are_refused_by_verify_and_install(tmp_path
     store = tmp_path / "store"
     store.mkdir()
     (store / "robot.json").write_text(json.dumps({"l4t": "35.4.1", "compute_capability": "7.2"}))
-    result = edge_sdk("install", str(bad), "--root", str(store), "--skip-health", cwd=tmp_path)
+    result = edge_sdk("install", str(bad), "--root", str(store), cwd=tmp_path)
     assert_one_error_line(result, "manifest field " + message)
     assert not any(store.rglob("*.pdmodel")) and not any(store.rglob("manifest.json"))
 
