@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +93,8 @@ def test_stats_without_matplotlib_prints_the_table(synth_dir: Path, tmp_path: Pa
     data.write_text((synth_dir / "val.json").read_text())
     (tmp_path / "images").symlink_to(synth_dir / "images")
     run = [sys.executable, "-c", WITHOUT_MATPLOTLIB, "data", "stats"]
-    result = subprocess.run([*run, str(data)], capture_output=True, text=True, timeout=180)
+    wide = dict(os.environ, COLUMNS="200")  # rich wraps the table's header line at the terminal width
+    result = subprocess.run([*run, str(data)], capture_output=True, text=True, timeout=180, env=wide)
     assert result.returncode == 0, result.stderr
     assert "2 images" in result.stdout and "spurious_copper" in result.stdout
     assert result.stderr == "note: no box-size histogram: matplotlib is not installed (--no-plot hides this note)\n"
