@@ -225,7 +225,8 @@ class _SignalStop:
             signal.signal(signum, handler)
 
 
-def _open_sinks(options: RunOptions, classes: Sequence[str]) -> List[Any]:
+def _open_sinks(options: RunOptions, classes: Sequence[str], lossless: bool) -> List[Any]:
+    """The sinks asked for; lossless: they wait for room rather than drop (a file or folder run)."""
     if not any((options.serial, options.jsonl, options.record, options.preview, options.coco_results)):
         return []
     from device.sinks import open_sinks
@@ -241,6 +242,7 @@ def _open_sinks(options: RunOptions, classes: Sequence[str]) -> List[Any]:
             coco_results=options.coco_results,
             coco_gt=options.coco_gt,
             classes=tuple(classes),
+            lossless=lossless,
         )
     )
 
@@ -298,7 +300,7 @@ def run(
             if stop_requested.is_set():
                 return {"frames": 0}
             source = _open_run_source(spec, options, notifier, log)
-            sinks = _open_sinks(options, bundle.manifest.classes)
+            sinks = _open_sinks(options, bundle.manifest.classes, lossless=not (spec.live or options.realtime))
             telemetry = Telemetry().start()
             pipeline = Pipeline(source, detector, sinks, score_threshold=options.score_threshold, telemetry=telemetry)
             pipeline_box.append(pipeline)

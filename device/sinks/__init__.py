@@ -39,12 +39,15 @@ def open_sinks(
     coco_results: Optional[str] = None,
     coco_gt: Optional[str] = None,
     classes: Sequence[str] = (),
+    lossless: bool = False,
 ) -> List[Sink]:
     """Open the sinks asked for; on any failure close those already open and raise SinkError.
 
     serial: device path or pyserial URL. jsonl: file path or "-" (stdout). record: video path
     (.avi or .mp4, rotated by size). preview: "HOST:PORT" of the HTTP preview. coco_results: COCO
     results JSON written at the end, ids from the COCO ground truth `coco_gt` when given.
+    lossless: the JSON lines and recording sinks wait for room instead of dropping (files and
+    folders, where every frame is kept).
     """
     sinks: List[Sink] = []
     try:
@@ -55,11 +58,11 @@ def open_sinks(
         if jsonl:
             from .jsonl import JsonlSink
 
-            sinks.append(JsonlSink(jsonl, classes=classes))
+            sinks.append(JsonlSink(jsonl, classes=classes, lossless=lossless))
         if record:
             from .recorder import RecorderSink
 
-            sinks.append(RecorderSink(record, classes=classes))
+            sinks.append(RecorderSink(record, classes=classes, lossless=lossless))
         if preview:
             from .preview import PreviewSink
 

@@ -5,8 +5,10 @@ Frame lines:  {"event": "frame", "frame_id", "timestamp", "source_id", "source_n
               source_name: the image's file name when the source is a folder, else null.
 Status lines: {"event": "status", "timestamp", "state", "message"}
 
-Lines are written by a background thread through a bounded queue (a stalled reader of stdout or a
-slow disk never blocks the pipeline; lines that do not fit are dropped and counted), flushed one by one.
+Lines are written by a background thread through a bounded queue, flushed one by one. In a live
+run a stalled reader of stdout or a slow disk never blocks the pipeline: lines that do not fit
+are dropped, counted and reported at the end. With `lossless` (files and folders) every line waits
+for room instead.
 A file is opened in append mode, so a restarted runtime keeps the earlier lines.
 """
 
@@ -20,6 +22,7 @@ import threading
 import time
 from typing import Sequence
 
+from device.sinks.handover import hand_over
 from edge_sdk.errors import SinkError
 
 _STOP = object()
@@ -60,8 +63,11 @@ def jsonable(value):
 class JsonlSink:
     """Writes JSON lines to `path` (a file, appended) or "-" (stdout)."""
 
-    def __init__(self, path: str, classes: Sequence[str] = (), max_queued_lines: int = 1024) -> None:
+    def __init__(
+        self, path: str, classes: Sequence[str] = (), max_queued_lines: int = 1024, lossless: bool = False
+    ) -> None:
         self.path = path
+        self.lossless = lossless
         self.classes = tuple(classes)
         self.dropped_lines = 0
         self.written_lines = 0
@@ -101,11 +107,15 @@ class JsonlSink:
         if self._closed:
             return
         line = json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n"
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
+        if not hand_over(self._queue, line, self._thread, wait=self.lossless):
             with self._lock:
                 self.dropped_lines += 1
+
+    def report(self) -> str:
+        """One line for the end of the run when lines were lost, else ""."""
+        if not self.dropped_lines:
+            return ""
+        return "{}: {} JSON lines dropped (the writer fell behind or failed)".format(self.path, self.dropped_lines)
 
     def _run(self) -> None:
         while True:

@@ -21,6 +21,7 @@ from typing import List, Optional, Sequence
 
 from edge_sdk.errors import SinkError
 
+from .handover import hand_over
 from .overlay import annotate
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class RecorderSink:
         keep: int = 10,
         fps: float = 15.0,
         max_queued_frames: int = 8,
+        lossless: bool = False,
     ) -> None:
         import cv2
 
@@ -65,6 +67,7 @@ class RecorderSink:
         self.keep = int(keep)
         self.fps = float(fps)
         self.fourcc = cv2.VideoWriter_fourcc(*CODECS[suffix])
+        self.lossless = lossless
         self.dropped_frames = 0
         self.written_frames = 0
         self.write_errors = 0
@@ -112,9 +115,7 @@ class RecorderSink:
     def write(self, frame, detections, stats: dict) -> None:
         if self._closed:
             return
-        try:
-            self._queue.put_nowait((frame.image, detections))
-        except queue.Full:
+        if not hand_over(self._queue, (frame.image, detections), self._thread, wait=self.lossless):
             self.dropped_frames += 1
 
     def status(self, state: str, message: str) -> None:

@@ -101,3 +101,44 @@ def test_stdout(tmp_path):
 def test_unwritable_path_is_a_sink_error(tmp_path):
     with pytest.raises(SinkError, match="cannot open JSON lines file"):
         JsonlSink(str(tmp_path / "no" / "such" / "folder.jsonl"))
+
+
+def _slow_fifo_run(tmp_path, lossless: bool):
+    """Feed 400 frames into a JsonlSink writing to a FIFO whose reader takes 1 ms per line."""
+    import os
+    import threading
+    import time
+
+    fifo = tmp_path / "slow.jsonl"
+    os.mkfifo(str(fifo))
+    received = []
+
+    def read_slowly() -> None:
+        with open(str(fifo), encoding="utf-8") as reader:
+            for line in reader:
+                received.append(json.loads(line)["frame_id"])
+                time.sleep(0.001)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    sink = JsonlSink(str(fifo), classes=CLASSES, max_queued_lines=2, lossless=lossless)
+    for frame_id in range(400):  # ~1.5 KB per line: the pipe's 64 KB buffer fills up
+        dets = Detections(
+            np.tile(np.array([[1.0, 2.0, 30.0, 40.0]], np.float32), (16, 1)), np.full(16, 0.5), np.zeros(16, np.int64),
+            frame_id=frame_id, timestamp=float(frame_id),
+        )  # fmt: skip
+        sink.write(Frame(IMAGE, frame_id, float(frame_id), "folder"), dets, {})
+    sink.close(timeout=60)
+    reader.join(timeout=60)
+    return sink, received
+
+
+def test_a_slow_reader_loses_lines_of_a_live_run_and_says_so(tmp_path):
+    sink, received = _slow_fifo_run(tmp_path, lossless=False)
+    assert sink.dropped_lines > 0 and len(received) == 400 - sink.dropped_lines
+    assert "JSON lines dropped" in sink.report()
+
+
+def test_a_lossless_sink_keeps_every_line_of_a_file_or_folder_run(tmp_path):
+    sink, received = _slow_fifo_run(tmp_path, lossless=True)
+    assert received == list(range(400)) and sink.dropped_lines == 0 and sink.report() == ""
