@@ -26,8 +26,6 @@ after a 1x1 adapter conv on the student's side when its (pruned) channel count d
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -35,8 +33,14 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from compress.config import DistillSection
-from edge_sdk.errors import DataError
+from compress.config import DistillSection, TrainSection
+from compress.ema import ModelEMA
+from compress.evaluation import evaluate_net
+from compress.loop import Trainer, make_training_data, run_epochs, use_gpu
+from compress.loss import make_loss
+from compress.optim import lr_at, make_optimizer
+from edge_sdk.data.dataset import Dataset, ImageRecord
+from edge_sdk.manifest import Postprocess
 
 
 def _soft_bce(logits: paddle.Tensor, target_prob: paddle.Tensor) -> paddle.Tensor:
@@ -189,14 +193,14 @@ class FinetuneResult:
 
 def finetune(
     student: nn.Layer,
-    train_records: Sequence[Any],
+    train_records: Sequence[ImageRecord],
     input_size: int,
-    train_cfg: Any,
+    train_cfg: TrainSection,
     epochs: int,
     teacher: Optional[nn.Layer] = None,
     distill: Optional[DistillSection] = None,
-    val_set: Any = None,
-    postprocess: Any = None,
+    val_set: Optional[Dataset] = None,
+    postprocess: Optional[Postprocess] = None,
     progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
     rank: int = 0,
     world: int = 1,
@@ -208,24 +212,11 @@ def finetune(
     augmentation, EMA, loss); the schedule is cosine from train_cfg.lr with at most one epoch of
     warm-up. With EMA the student ends up holding the EMA weights. val_set: evaluated (mAP@.5 and
     mAP) at the end. progress(epoch, losses) after each epoch. Ctrl-C raises KeyboardInterrupt at the
-    next batch boundary (compress.train.InterruptAtSafePoints). rank, world: with world > 1 every
-    rank calls this with the same arguments and the student runs in paddle.DataParallel, each rank
-    on its share of every batch (compress.stages hands the job to the other ranks).
-    The steps are compress.train.Trainer's, with the Distiller as its extra loss; the epoch loop is
-    this function's own: compress.train.train's also resumes and checkpoints.
+    next batch boundary. rank, world: with world > 1 every rank calls this with the same arguments
+    and the student runs in paddle.DataParallel, each rank on its share of every batch
+    (compress.stages hands the job to the other ranks). The loop is compress.loop.run_epochs, with
+    the Distiller as the Trainer's extra loss.
     """
-    from compress.train import (
-        InterruptAtSafePoints,
-        ModelEMA,
-        Trainer,
-        evaluate_net,
-        lr_at,
-        make_loss,
-        make_optimizer,
-        make_training_data,
-        use_gpu,
-    )
-
     data = make_training_data(train_records, input_size, train_cfg, rank, world)
     distilling = teacher is not None and distill is not None and (distill.weight > 0 or distill.feature_weight > 0)
     distiller = Distiller(teacher, student, distill.weight, distill.feature_weight) if distilling else None
@@ -235,7 +226,6 @@ def finetune(
     schedule = dataclasses.replace(
         train_cfg,
         epochs=int(epochs),
-        lr=float(train_cfg.lr),
         schedule="cosine",
         warmup_steps=min(int(train_cfg.warmup_steps), data.steps_per_epoch),
     )
@@ -253,31 +243,21 @@ def finetune(
     def lr_of_step(step: int) -> float:
         return lr_at(step, data.steps_per_epoch, schedule)
 
+    def loss_error(losses: Dict[str, float], epoch: int, iteration: int) -> str:
+        return "the fine-tuning loss became {} at epoch {}: lower the learning rate".format(
+            losses["loss"] + losses.get("distill", 0.0), epoch
+        )
+
     history: List[Dict[str, Any]] = []
+
+    def after_epoch(epoch: int, losses: Dict[str, float], seconds: float) -> None:
+        record: Dict[str, Any] = {**losses, "epoch": epoch + 1, "seconds": seconds}
+        history.append(record)
+        if progress is not None:
+            progress(epoch, record)
+
     try:
-        with InterruptAtSafePoints() as interrupt:
-            for epoch in range(int(epochs)):
-                student.train()
-                data.set_epoch(epoch)
-                sums: Dict[str, float] = {}
-                started = time.time()
-                batches = 0
-                for losses, _ in trainer.epoch(data.loader, data.micro_batches, lr_of_step):
-                    if not all(math.isfinite(v) for v in losses.values()):
-                        raise DataError(
-                            "the fine-tuning loss became {} at epoch {}: lower the learning rate".format(
-                                losses["loss"] + losses.get("distill", 0.0), epoch + 1
-                            )
-                        )
-                    batches += 1
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    interrupt.check()
-                record: Dict[str, Any] = {k: v / max(batches, 1) for k, v in sums.items()}
-                record.update({"epoch": epoch + 1, "seconds": round(time.time() - started, 2)})
-                history.append(record)
-                if progress is not None:
-                    progress(epoch, record)
+        run_epochs(trainer, data, range(int(epochs)), lr_of_step, loss_error, after_epoch=after_epoch)
     finally:
         if distiller is not None:
             distiller.close()
@@ -286,8 +266,6 @@ def finetune(
     student.eval()
     result = FinetuneResult(history=history)
     if val_set is not None:
-        from edge_sdk.manifest import Postprocess
-
         evaluation = evaluate_net(student, val_set, input_size, postprocess or Postprocess())
         result.map50, result.map = evaluation.map50, evaluation.map
         history[-1].update({"map50": result.map50, "map": result.map})

@@ -20,6 +20,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from compress.config import TrainSection
+
 
 def _iou_xyxy(a: paddle.Tensor, b: paddle.Tensor, eps: float = 1e-9) -> paddle.Tensor:
     """a [N, P, 4], b [N, M, 4] (x1, y1, x2, y2) -> IoU [N, P, M]."""
@@ -191,3 +193,16 @@ class YOLOv3Loss(nn.Layer):
             "loss_obj": loss_obj.sum(-1).mean(),
             "loss_cls": loss_cls.sum([1, 2, 3, 4]).mean(),
         }
+
+
+def make_loss(net: nn.Layer, train_cfg: TrainSection) -> YOLOv3Loss:
+    """The YOLOv3 loss for `net`'s classes, anchors and strides with the recipe's train.loss settings."""
+    return YOLOv3Loss(
+        net.num_classes,
+        net.anchors,
+        net.anchor_masks,
+        net.downsample_ratios,
+        train_cfg.loss.ignore_thresh,
+        train_cfg.loss.label_smooth,
+        train_cfg.loss.iou_thresh,
+    )

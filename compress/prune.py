@@ -12,7 +12,7 @@ backbone maps feeding the neck, the `neck.yolo_transition.*` convs, and residual
 include such a map).
 
 A pruned model's channel counts are described by a JSON-serialisable *plan* (`PrunePlan`), saved
-beside its state dict, from which `load_pruned` rebuilds it.
+beside its state dict (compress.checkpoint.save_pruned), from which `load_pruned` rebuilds it.
 """
 
 from __future__ import annotations
@@ -454,13 +454,3 @@ def load_pruned(
     model.prune_plan = dict(plan)
     model.eval()
     return model
-
-
-def save_pruned(model: nn.Layer, path: Union[str, Path], extra: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write {"model": state dict, "prune_plan": plan, **extra} to `path` atomically (paddle.save)."""
-    from compress.train import atomic_save
-
-    plan = getattr(model, "prune_plan", None)
-    if plan is None:
-        raise RecipeError("save_pruned needs a model returned by prune_to_target or load_pruned")
-    return atomic_save({"model": model.state_dict(), "prune_plan": plan, **dict(extra or {})}, Path(path))

@@ -3,7 +3,7 @@
 `quantize_aware_train` inserts fake-quant layers into a copy of a trained dygraph YOLOv3
 (`paddleslim.QAT`: per-channel weight scales, moving-average activation scales, onnx_format so
 the exported program carries quantize/dequantize ops with their scales and int8-stored weights,
-like PTQ's), fine-tunes it for a few epochs with the project's training pieces (`compress.train.Trainer`,
+like PTQ's), fine-tunes it for a few epochs with the project's training loop (`compress.loop.run_epochs`,
 `compress.loss.YOLOv3Loss`, `compress.transforms`) and exports the quantized inference program
 with the same decoding and NMS as `compress.export.export_inference`.
 """
@@ -11,7 +11,6 @@ with the same decoding and NMS as `compress.export.export_inference`.
 from __future__ import annotations
 
 import copy
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +20,11 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import paddle
 import paddle.nn as nn
 
+from calibration.ptq import replace_dir, strip_op_callstacks
 from compress.config import QATSection
+from compress.export import InferenceModel
+from compress.loop import Trainer, run_epochs, training_data
+from compress.loss import YOLOv3Loss
 from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import DataError
 from edge_sdk.manifest import Postprocess
@@ -66,12 +69,6 @@ def quantize_aware_train(
     """
     from paddleslim import QAT
 
-    from calibration.ptq import replace_dir, strip_op_callstacks
-    from compress.export import InferenceModel
-    from compress.loss import YOLOv3Loss
-    from compress.train import Trainer
-    from compress.transforms import DetectionDataset, MultiScaleBatchSampler, make_loader
-
     out_dir = Path(out_dir)
     paddle.seed(section.seed)
     model = copy.deepcopy(net)
@@ -85,36 +82,36 @@ def quantize_aware_train(
         weight_decay=paddle.regularizer.L2Decay(section.weight_decay) if section.weight_decay else None,
     )
     trainer = Trainer(model, loss_fn, optimizer)
-    dataset = DetectionDataset(train_set.images, input_size, None, section.max_boxes, section.seed)
-    sampler = MultiScaleBatchSampler(dataset, section.batch_size, [input_size], section.seed, True, True)
-    if len(sampler) == 0:
+    data = training_data(
+        train_set.images, input_size, section.batch_size, [input_size], None, section.max_boxes, section.seed
+    )
+    if data.micro_batches == 0:
         raise DataError("QAT: the training set has no full batch of {} images".format(section.batch_size))
-    loader = make_loader(dataset, sampler, 0)
+
+    def lr_of_step(step: int) -> float:
+        warm = min(1.0, (step + 1) / section.warmup_steps) if section.warmup_steps else 1.0
+        return section.lr * warm
+
+    def loss_error(losses: Dict[str, float], epoch: int, iteration: int) -> str:
+        return "QAT: the loss became {} at epoch {}: lower qat.lr".format(losses["loss"], epoch)
+
     history: List[Dict[str, float]] = []
-    step = 0
-    with progress_bar("QAT fine-tuning", section.epochs * len(sampler), progress) as advance:
-        for epoch in range(section.epochs):
-            model.train()
-            dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            sums: Dict[str, float] = {}
-            for batch in loader:
-                warm = min(1.0, (step + 1) / section.warmup_steps) if section.warmup_steps else 1.0
-                optimizer.set_lr(section.lr * warm)
-                losses = trainer.micro_batch(batch)
-                trainer.step()
-                step += 1
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise DataError(
-                        "QAT: the loss became {} at epoch {}: lower qat.lr".format(losses["loss"], epoch + 1)
-                    )
-                for key, value in losses.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                advance()
-            record = {key: value / len(sampler) for key, value in sums.items()}
-            history.append(record)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
+
+    def after_epoch(epoch: int, losses: Dict[str, float], seconds: float) -> None:
+        history.append(losses)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, losses)
+
+    with progress_bar("QAT fine-tuning", section.epochs * data.micro_batches, progress) as advance:
+        run_epochs(
+            trainer,
+            data,
+            range(section.epochs),
+            lr_of_step,
+            loss_error,
+            after_batch=lambda losses, lr: advance(),
+            after_epoch=after_epoch,
+        )
 
     model.eval()
     wrapper = InferenceModel(model, postprocess)

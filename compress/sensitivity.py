@@ -206,7 +206,7 @@ def map50_evaluator(
     """(eval_fn, val_key) for `sensitivity`: eval_fn(model) is the val mAP@.5 on the first
     `max_images` images of `val_set` (an edge_sdk Dataset; 0 = all) with the export's decoding and
     NMS; val_key hashes those images' paths and boxes and the input size."""
-    from compress.train import evaluate_net
+    from compress.evaluation import evaluate_net
     from edge_sdk.data.dataset import Dataset
     from edge_sdk.manifest import Postprocess
 

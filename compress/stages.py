@@ -86,9 +86,9 @@ class StageContext:
 
     @property
     def postprocess(self) -> Any:
-        from compress.train import _postprocess_of
+        from compress.train import postprocess_of
 
-        return _postprocess_of(self.recipe)
+        return postprocess_of(self.recipe)
 
     def provenance(self, **extra: str) -> Any:
         from edge_sdk.manifest import Provenance
@@ -163,7 +163,7 @@ def _finetune(
     train.lr on a fresh cosine schedule; under a data-parallel launch the other ranks join through
     post_finetune_job. Returns the per-epoch history."""
 
-    from compress.train import distributed
+    from compress.loop import distributed
 
     def report(epoch: int, record: Dict[str, float]) -> None:
         parts = ", ".join("{} {:.3f}".format(k, v) for k, v in record.items() if k not in ("epoch", "seconds"))
@@ -189,8 +189,8 @@ def _run_finetune(
     """compress.distill.finetune as every rank runs it (same seed, same arguments); the history."""
     import paddle
 
+    from compress.checkpoint import load_trained
     from compress.distill import finetune
-    from compress.train import load_trained
 
     teacher = load_trained(teacher_checkpoint) if teacher_checkpoint is not None else None
     paddle.seed(ctx.recipe.train.seed)
@@ -219,7 +219,7 @@ def post_finetune_job(
     workdir: Path, student: Any, teacher_checkpoint: Optional[Path], epochs: int, distill: Any
 ) -> Path:
     """Rank 0: write the next job (the pruned student's weights, then job-<n>.json last) for follow_finetune_jobs."""
-    from compress.prune import save_pruned
+    from compress.checkpoint import save_pruned
     from edge_sdk.fileio import atomic_write_text
 
     folder = parallel_folder(workdir)
@@ -247,8 +247,9 @@ def post_finished(workdir: Path) -> None:
 def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
     """The other ranks: run rank 0's fine-tuning jobs in order, data parallel, until it posts FINISHED_FILE.
     Returns the number of jobs run."""
+    from compress.checkpoint import load_trained
     from compress.config import DistillSection
-    from compress.train import distributed, load_trained
+    from compress.loop import distributed
 
     rank, world = distributed()
     folder = parallel_folder(ctx.workdir)
@@ -270,7 +271,8 @@ def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
 
 def run_train_stage(ctx: StageContext, previous: Optional[StageRecord] = None) -> Any:
     """-> (files, metrics, info). Trains (or resumes) into WORKDIR/train."""
-    from compress.train import BEST_CHECKPOINT, load_trained, train
+    from compress.checkpoint import BEST_CHECKPOINT, load_trained
+    from compress.train import train
 
     result = train(ctx.recipe, ctx.data_dir, ctx.workdir / "train", resume=ctx.resume, progress=ctx.progress)
     net = load_trained(result.best_checkpoint)
@@ -280,8 +282,8 @@ def run_train_stage(ctx: StageContext, previous: Optional[StageRecord] = None) -
 
 
 def run_prune_stage(ctx: StageContext, previous: StageRecord) -> Any:
-    from compress.prune import prune_model, save_pruned
-    from compress.train import load_trained
+    from compress.checkpoint import load_trained, save_pruned
+    from compress.prune import prune_model
 
     cfg = section_of(ctx.recipe, "prune")
     teacher = load_trained(previous.path(ctx.workdir, "checkpoint"))
@@ -302,8 +304,7 @@ def run_prune_stage(ctx: StageContext, previous: StageRecord) -> Any:
 
 
 def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: StageRecord) -> Any:
-    from compress.prune import save_pruned
-    from compress.train import load_trained
+    from compress.checkpoint import load_trained, save_pruned
 
     cfg = section_of(ctx.recipe, "distill")
     student = load_trained(previous.path(ctx.workdir, "checkpoint"))
@@ -324,8 +325,8 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
     from calibration.calibration_set import select_calibration_set
     from calibration.golden import self_check
     from calibration.ptq import LAYER_NAMES_FILE
+    from compress.checkpoint import load_trained
     from compress.export import LAYER_NAMES_MEMBER
-    from compress.train import load_trained
     from edge_sdk.bundle import open_bundle, write_bundle
     from edge_sdk.manifest import Quantization
 

@@ -4,36 +4,44 @@ resume, Ctrl-C, and data-parallel training across processes (paddle.distributed.
 
 Files in out_dir: last.pdckpt (resumable state), best.pdparams (EMA weights with the best val
 mAP@.5, plus what is needed to rebuild the model), metrics.jsonl (one JSON object per epoch) and
-training.png (loss and mAP curves).
+training.png (loss and mAP curves). The pieces: compress.loop (Trainer, run_epochs),
+compress.checkpoint, compress.evaluation, compress.optim, compress.ema, compress.anchors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 
+from compress.anchors import resolve_anchors
+from compress.checkpoint import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    load_training_state,
+    save_best,
+    save_training_state,
+)
 from compress.config import Recipe
-from compress.loss import YOLOv3Loss
-from edge_sdk.data.dataset import Dataset, ImageRecord
-from edge_sdk.data.images import read_bgr
+from compress.ema import ModelEMA
+from compress.evaluation import evaluate_weights
+from compress.loop import Trainer, distributed, make_training_data, run_epochs, use_gpu
+from compress.loss import make_loss
+from compress.models import build_yolov3, load_pretrained
+from compress.optim import lr_at, make_optimizer
+from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import DataError, RecipeError
-from edge_sdk.fileio import atomic_output, atomic_write_text
+from edge_sdk.fileio import atomic_write_text
+from edge_sdk.manifest import Postprocess
 from edge_sdk.progress import progress_display
 
-LAST_CHECKPOINT = "last.pdckpt"
-BEST_CHECKPOINT = "best.pdparams"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
 
@@ -56,98 +64,12 @@ class TrainResult:
     best_map50: Optional[float] = None
 
 
-# ---------------------------------------------------------------------------------------------
-# Pieces
-
-
-def lr_at(step: int, steps_per_epoch: int, train_cfg: Any) -> float:
-    """Learning rate at optimizer step `step` (0-based): linear warm-up from 0, then cosine to 0 over
-    all epochs, or piecewise (x gamma at each milestone epoch)."""
-    base = float(train_cfg.lr)
-    warmup = int(train_cfg.warmup_steps)
-    total = max(1, steps_per_epoch * int(train_cfg.epochs))
-    if train_cfg.schedule == "cosine":
-        value = base * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    else:
-        epoch = step // max(1, steps_per_epoch)
-        value = base * float(train_cfg.gamma) ** sum(1 for m in train_cfg.milestones if epoch >= m)
-    if warmup > 0 and step < warmup:
-        value *= step / warmup
-    return value
-
-
-def kmeans_anchors(
-    wh: np.ndarray, count: int = 9, seed: int = 0, iterations: int = 100, restarts: int = 5
-) -> List[List[float]]:
-    """k-means of box sizes (N, 2) in pixels with 1 - IoU as distance -> `count` [w, h], smallest area first.
-
-    k-means++ seeding, `restarts` runs, the one with the best mean IoU kept. Whole pixels: paddle's yolo_box op (the exported decoder) takes integer anchors.
-    """
-    wh = np.asarray(wh, np.float64).reshape(-1, 2)
-    wh = wh[(wh[:, 0] > 0) & (wh[:, 1] > 0)]
-    if len(wh) < count:
-        raise DataError(
-            "model.anchors 'auto' needs at least {} boxes in the training set, got {}".format(count, len(wh))
-        )
-    rng = np.random.default_rng(seed)
-
-    def iou(boxes: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-        inter = np.minimum(boxes[:, None, 0], anchors[None, :, 0]) * np.minimum(boxes[:, None, 1], anchors[None, :, 1])
-        return inter / (boxes[:, None, 0] * boxes[:, None, 1] + anchors[None, :, 0] * anchors[None, :, 1] - inter)
-
-    best, best_fit = None, -1.0
-    for _ in range(restarts):
-        # k-means++ seeding with 1 - IoU as distance, then Lloyd iterations with medians.
-        centres = wh[[int(rng.integers(len(wh)))]]
-        while len(centres) < count:
-            distance = 1.0 - iou(wh, centres).max(1)
-            weights = distance**2
-            pick = (
-                int(rng.choice(len(wh), p=weights / weights.sum())) if weights.sum() > 0 else int(rng.integers(len(wh)))
-            )
-            centres = np.concatenate([centres, wh[[pick]]])
-        for _ in range(iterations):
-            nearest = np.argmax(iou(wh, centres), axis=1)
-            updated = np.array(
-                [np.median(wh[nearest == k], axis=0) if np.any(nearest == k) else centres[k] for k in range(count)]
-            )
-            if np.allclose(updated, centres):
-                break
-            centres = updated
-        fit = float(iou(wh, centres).max(1).mean())
-        if fit > best_fit:
-            best, best_fit = centres, fit
-    centres = best
-    centres = centres[np.argsort(centres[:, 0] * centres[:, 1])]
-    return [[max(1, int(round(w))), max(1, int(round(h)))] for w, h in centres]
-
-
-def resolve_anchors(recipe: Recipe, records: Sequence[ImageRecord]) -> Optional[List[List[float]]]:
-    """The recipe's anchors in input pixels: None (model default), given pairs, or k-means ("auto")."""
-    anchors = recipe.model.anchors
-    if anchors is None:
-        return None
-    if isinstance(anchors, list):
-        return [[max(1, int(round(w))), max(1, int(round(h)))] for w, h in anchors]
-    size = recipe.model.input_size
-    sizes = []
-    for r in records:
-        b = np.asarray(r.boxes, np.float32).reshape(-1, 4)
-        if len(b):
-            sizes.append(np.stack([(b[:, 2] - b[:, 0]) * size / r.width, (b[:, 3] - b[:, 1]) * size / r.height], 1))
-    return kmeans_anchors(np.concatenate(sizes) if sizes else np.zeros((0, 2)), seed=recipe.train.seed)
-
-
 def build_model(recipe: Recipe, num_classes: int, anchors: Optional[Sequence[Sequence[float]]]) -> nn.Layer:
     """The recipe's YOLOv3, initialised from `model.pretrained` when set (seeded by train.seed)."""
-    from compress.models import build_yolov3
-
     paddle.seed(recipe.train.seed)
     model = build_yolov3(recipe.model.arch, num_classes, recipe.model.width, anchors)
     set_objectness_prior(model)
     if recipe.model.pretrained:
-        from compress.models import load_pretrained
-
         if not Path(recipe.model.pretrained).is_file():
             raise RecipeError("model.pretrained: no such file {}".format(recipe.model.pretrained))
         load_pretrained(model, recipe.model.pretrained)
@@ -184,295 +106,8 @@ def set_backbone_frozen(model: nn.Layer, frozen: bool) -> None:
         model.backbone.eval()
 
 
-class ModelEMA:
-    """Exponential moving average of every float entry of the state dict (weights and BN statistics).
-
-    decay ramps up as PaddleDetection's "threshold" type: min(decay, (1 + n) / (10 + n)) at update n.
-    """
-
-    def __init__(self, model: nn.Layer, decay: float) -> None:
-        self.decay = float(decay)
-        self.updates = 0
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @paddle.no_grad()
-    def update(self, model: nn.Layer) -> None:
-        self.updates += 1
-        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        for key, value in model.state_dict().items():
-            ema = self.state[key]
-            if paddle.is_floating_point(value):
-                ema.set_value(ema * d + value.detach().astype(ema.dtype) * (1.0 - d))
-            else:
-                ema.set_value(value)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates, "state": self.state}
-
-    def set_state_dict(self, saved: Dict[str, Any]) -> None:
-        self.decay = float(saved["decay"])
-        self.updates = int(saved["updates"])
-        for key, value in saved["state"].items():
-            if key in self.state:
-                self.state[key].set_value(value)
-
-
-ExtraLoss = Callable[[paddle.Tensor, Sequence[paddle.Tensor]], paddle.Tensor]
-
-
-class Trainer:
-    """One optimisation step over `accumulate_steps` micro-batches (loss scaled by 1/k), with AMP.
-
-    `model` is what runs forward (possibly a paddle.DataParallel); `net` the YOLOv3 inside.
-    extra_loss(images, outputs) -> scalar Tensor, added to the detection loss of each micro-batch
-    (outputs: the model's raw head maps [N, A*(5+K), H, W] for `images` [N, 3, H, W]); when the
-    callable has a `last` dict of floats after the call (compress.distill.Distiller), those parts
-    join the returned losses. `steps` counts the optimizer steps applied (set it when resuming).
-    """
-
-    def __init__(
-        self,
-        net: nn.Layer,
-        loss_fn: YOLOv3Loss,
-        optimizer: paddle.optimizer.Optimizer,
-        accumulate_steps: int = 1,
-        use_amp: bool = False,
-        ema: Optional[ModelEMA] = None,
-        model: Optional[nn.Layer] = None,
-        extra_loss: Optional[ExtraLoss] = None,
-    ) -> None:
-        self.net = net
-        self.model = model if model is not None else net
-        self.loss_fn = loss_fn
-        self.optimizer = optimizer
-        self.accumulate_steps = int(accumulate_steps)
-        self.use_amp = bool(use_amp)
-        self.scaler = paddle.amp.GradScaler(enable=self.use_amp, init_loss_scaling=1024.0)
-        self.ema = ema
-        self.extra_loss = extra_loss
-        self.pending = 0
-        self.steps = 0
-
-    def micro_batch(self, batch: Sequence[Any], sync: bool = True) -> Dict[str, float]:
-        """Forward + backward of one micro-batch (image, gt_box, gt_class, gt_score); returns its losses.
-
-        sync False (data parallel, not the last micro-batch of a step): skip the gradient all-reduce.
-        """
-        images, gt_box, gt_class, gt_score = batch
-        size = images.shape[2:4]
-        context = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else contextlib.nullcontext()
-        with context:
-            with paddle.amp.auto_cast(enable=self.use_amp, level="O1"):
-                outputs = self.model(images)
-            losses = self.loss_fn(outputs, gt_box, gt_class, gt_score, size)
-            parts = {k: float(v) for k, v in losses.items()}
-            total = losses["loss"]
-            if self.extra_loss is not None:
-                total = total + self.extra_loss(images, outputs)
-                parts.update(getattr(self.extra_loss, "last", None) or {})
-            self.scaler.scale(total / self.accumulate_steps).backward()
-        self.pending += 1
-        return parts
-
-    def step(self) -> None:
-        """Apply the accumulated gradients, clear them, update the EMA."""
-        if self.pending == 0:
-            return
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.clear_grad()
-        self.pending = 0
-        self.steps += 1
-        if self.ema is not None:
-            self.ema.update(self.net)
-
-    def epoch(
-        self,
-        batches: Iterable[Sequence[Any]],
-        micro_batches: int,
-        lr_schedule: Optional[Callable[[int], float]] = None,
-    ) -> Iterator[Tuple[Dict[str, float], float]]:
-        """One pass over `batches` (`micro_batches` of them): yields (losses, lr) of each micro-batch.
-
-        Before each micro-batch the learning rate is set to lr_schedule(self.steps) (None: left as is);
-        the optimizer steps after every `accumulate_steps` micro-batches and after the last one, each
-        time after the yield of the micro-batch closing the group, so a caller that raises on a
-        non-finite loss stops before the update.
-        """
-        for i, batch in enumerate(batches):
-            closes_step = (i + 1) % self.accumulate_steps == 0 or i == micro_batches - 1
-            if lr_schedule is not None:
-                self.optimizer.set_lr(lr_schedule(self.steps))
-            yield self.micro_batch(batch, sync=closes_step), self.optimizer.get_lr()
-            if closes_step:
-                self.step()
-        if self.pending:
-            self.step()
-
-    def fit(self, batches: Iterable[Sequence[Any]]) -> List[Dict[str, float]]:
-        """Micro-batches in order; a step after every `accumulate_steps` of them and after the last."""
-        batches = list(batches)
-        return [losses for losses, _ in self.epoch(batches, len(batches))]
-
-
-def make_optimizer(net: nn.Layer, train_cfg: Any) -> paddle.optimizer.Optimizer:
-    """Momentum (L2 weight decay) or AdamW (decoupled) over all parameters; lr is set per step."""
-    if train_cfg.optimizer == "adamw":
-        return paddle.optimizer.AdamW(
-            learning_rate=train_cfg.lr, parameters=net.parameters(), weight_decay=train_cfg.weight_decay
-        )
-    return paddle.optimizer.Momentum(
-        learning_rate=train_cfg.lr,
-        momentum=train_cfg.momentum,
-        parameters=net.parameters(),
-        weight_decay=paddle.regularizer.L2Decay(train_cfg.weight_decay) if train_cfg.weight_decay else None,
-    )
-
-
-def make_loss(net: nn.Layer, train_cfg: Any) -> YOLOv3Loss:
-    """The YOLOv3 loss for `net`'s classes, anchors and strides with the recipe's train.loss settings."""
-    return YOLOv3Loss(
-        net.num_classes,
-        net.anchors,
-        net.anchor_masks,
-        net.downsample_ratios,
-        train_cfg.loss.ignore_thresh,
-        train_cfg.loss.label_smooth,
-        train_cfg.loss.iou_thresh,
-    )
-
-
-@dataclass
-class TrainingData:
-    """The augmented training set, its multi-scale batch sampler and loader for one process.
-
-    micro_batches: batches per epoch; steps_per_epoch: optimizer steps per epoch (one per
-    `accumulate_steps` micro-batches, the last group possibly shorter), what `lr_at` counts in.
-    """
-
-    dataset: Any
-    sampler: Any
-    loader: Any
-    steps_per_epoch: int
-
-    @property
-    def micro_batches(self) -> int:
-        return len(self.sampler)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed the augmentations and the shuffle for `epoch` (0-based)."""
-        self.dataset.set_epoch(epoch)
-        self.sampler.set_epoch(epoch)
-
-
-def make_training_data(
-    records: Sequence[ImageRecord], input_size: int, train_cfg: Any, rank: int = 0, world: int = 1
-) -> TrainingData:
-    """Dataset (train_cfg.augment), sampler (batch_size, multi_scale or [input_size], seed, this
-    rank's share of `world` processes) and loader (num_workers). Raises DataError without a full batch."""
-    from compress.transforms import DetectionDataset, MultiScaleBatchSampler, make_loader
-
-    dataset = DetectionDataset(records, input_size, train_cfg.augment, train_cfg.max_boxes, train_cfg.seed)
-    sampler = MultiScaleBatchSampler(
-        dataset, train_cfg.batch_size, train_cfg.multi_scale or [input_size], train_cfg.seed, True, True, rank, world
-    )
-    if len(sampler) == 0:
-        raise DataError("the training set has no full batch of {} images".format(train_cfg.batch_size))
-    loader = make_loader(dataset, sampler, train_cfg.num_workers)
-    return TrainingData(dataset, sampler, loader, math.ceil(len(sampler) / int(train_cfg.accumulate_steps)))
-
-
-def _rename_keys(state: Dict[str, Any], mapping: Dict[str, str]) -> Dict[str, Any]:
-    """Replace the longest `mapping` key that prefixes each key (and nested dict keys) by its value."""
-    prefixes = sorted(mapping, key=len, reverse=True)
-
-    def rename(key: str) -> str:
-        for prefix in prefixes:
-            if key == prefix or key.startswith(prefix + "_"):
-                return mapping[prefix] + key[len(prefix) :]
-        return key
-
-    return {rename(k): (_rename_keys(v, mapping) if isinstance(v, dict) else v) for k, v in state.items()}
-
-
-def optimizer_state(optimizer: paddle.optimizer.Optimizer, net: nn.Layer) -> Dict[str, Any]:
-    """The optimizer's state keyed by structured parameter names ("backbone.conv1._conv.weight|_velocity_0")
-    instead of generated ones ("conv2d_3.w_0_velocity_0"), which change with the creation order."""
-    return _rename_keys(optimizer.state_dict(), {p.name: name + "|" for name, p in net.named_parameters()})
-
-
-def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, net: nn.Layer, state: Dict[str, Any]) -> None:
-    """Inverse of `optimizer_state` for this process's parameter names."""
-    optimizer.set_state_dict(_rename_keys(state, {name + "|": p.name for name, p in net.named_parameters()}))
-
-
-def atomic_save(obj: Any, path: Path) -> Path:
-    """paddle.save to `path` atomically (edge_sdk.fileio.atomic_output)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        paddle.save(obj, str(tmp))
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-@paddle.no_grad()
-def predict(
-    net: nn.Layer, records: Sequence[ImageRecord], input_size: int, postprocess: Any, batch_size: int = 8
-) -> List[Any]:
-    """Detections (source pixels, every score >= conf_threshold) for each record, with the export's
-    decoding + NMS (`compress.export.InferenceModel`) on the dygraph model in eval mode."""
-    from compress.export import InferenceModel
-    from compress.transforms import preprocess_bgr
-    from device.postprocess import boxes_to_detections
-
-    was_training = net.training
-    wrapper = InferenceModel(net, postprocess)
-    wrapper.eval()
-    detections = []
-    try:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start : start + batch_size]
-            images, shapes = [], []
-            for r in chunk:
-                image = read_bgr(r.path)
-                shapes.append(image.shape[:2])
-                images.append(preprocess_bgr(image, (input_size, input_size)))
-            n = len(chunk)
-            im_shape = np.full((n, 2), input_size, np.float32)
-            scale = np.array([[input_size / h, input_size / w] for h, w in shapes], np.float32)
-            boxes, counts = wrapper(
-                paddle.to_tensor(np.stack(images)), paddle.to_tensor(im_shape), paddle.to_tensor(scale)
-            )
-            boxes, counts = boxes.numpy().reshape(-1, 6), counts.numpy().reshape(-1)
-            offset = 0
-            for (h, w), count in zip(shapes, counts):
-                rows = boxes[offset : offset + int(count)]
-                offset += int(count)
-                detections.append(boxes_to_detections(rows, h, w, 0.0, net.num_classes))
-    finally:
-        if was_training:
-            net.train()
-    return detections
-
-
-def evaluate_net(net: nn.Layer, dataset: Dataset, input_size: int, postprocess: Any) -> Any:
-    """edge_sdk.metrics.EvalResult of `net` on `dataset`."""
-    from edge_sdk.metrics import evaluate
-
-    return evaluate(dataset, predict(net, list(dataset.images), input_size, postprocess))
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-
-
-def _postprocess_of(recipe: Recipe) -> Any:
-    from edge_sdk.manifest import Postprocess
-
+def postprocess_of(recipe: Recipe) -> Postprocess:
+    """The recipe's export.postprocess as the manifest's Postprocess."""
     p = recipe.export.postprocess
     return Postprocess(
         conf_threshold=p.conf_threshold,
@@ -500,46 +135,6 @@ def load_datasets(recipe: Recipe, data_dir: Path) -> Tuple[Dataset, Dataset]:
             "the train and val sets need at least one image each ({} and {})".format(len(train_set), len(val_set))
         )
     return train_set, val_set
-
-
-def load_trained(checkpoint: Path) -> nn.Layer:
-    """Rebuild the YOLOv3 saved in a best.pdparams, or the pruned one of a checkpoint carrying a
-    prune_plan (compress.prune.save_pruned), in eval mode."""
-    from compress.models import build_yolov3
-
-    if not Path(checkpoint).is_file():
-        raise DataError("no checkpoint at {}".format(checkpoint))
-    saved = paddle.load(str(checkpoint))
-    plan = saved.get("prune_plan")
-    if plan:
-        from compress.prune import load_pruned
-
-        return load_pruned(plan["arch"], plan["num_classes"], plan["width"], plan, saved["model"])
-    net = build_yolov3(saved["arch"], len(saved["classes"]), saved["width"], saved["anchors"])
-    net.set_state_dict(saved["model"])
-    net.eval()
-    return net
-
-
-def read_checkpoint_info(checkpoint: Path) -> Dict[str, Any]:
-    """classes, input_size, arch, width, anchors, epoch, map50 of a best.pdparams."""
-    saved = paddle.load(str(checkpoint))
-    return {k: v for k, v in saved.items() if k != "model"}
-
-
-def distributed() -> Tuple[int, int]:
-    """(rank, world size) of this process, set on its device (its GPU, else the CPU); initialises the
-    parallel environment once when world > 1."""
-    world = paddle.distributed.get_world_size()
-    paddle.set_device("gpu:{}".format(paddle.distributed.ParallelEnv().device_id) if use_gpu() else "cpu")
-    if world > 1 and not paddle.distributed.is_initialized():
-        paddle.distributed.init_parallel_env()
-    return paddle.distributed.get_rank(), world
-
-
-def use_gpu() -> bool:
-    """True when Paddle was built with CUDA and sees a GPU."""
-    return paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 def train(
@@ -595,16 +190,9 @@ def train(
     if resume:
         if not last_path.is_file():
             raise DataError("--resume: no checkpoint at {}".format(last_path))
-        saved = paddle.load(str(last_path))
-        net.set_state_dict(saved["model"])
-        load_optimizer_state(optimizer, net, saved["optimizer"])
-        if ema is not None and saved.get("ema"):
-            ema.set_state_dict(saved["ema"])
-        if saved.get("scaler"):
-            trainer.scaler.load_state_dict(saved["scaler"])
-        start_epoch, trainer.steps = int(saved["epoch"]), int(saved["step"])
-        history, best_map50 = list(saved["history"]), saved.get("best_map50")
-        if saved.get("recipe_sha256") != recipe.sha256 and main_rank:
+        resumed = load_training_state(last_path, trainer)
+        start_epoch, history, best_map50 = resumed.epoch, resumed.history, resumed.best_map50
+        if resumed.recipe_sha256 != recipe.sha256 and main_rank:
             console.print("note: the recipe changed since this checkpoint was written; continuing with the new one")
         if main_rank:
             console.print("resuming from {} after epoch {}".format(last_path, start_epoch))
@@ -617,22 +205,6 @@ def train(
         "input_size": input_size,
         "recipe_sha256": recipe.sha256,
     }
-
-    def checkpoint(epoch_done: int) -> Path:
-        return atomic_save(
-            {
-                "model": net.state_dict(),
-                "optimizer": optimizer_state(optimizer, net),
-                "ema": ema.state_dict() if ema is not None else None,
-                "scaler": trainer.scaler.state_dict(),
-                "epoch": epoch_done,
-                "step": trainer.steps,
-                "history": history,
-                "best_map50": best_map50,
-                **meta,
-            },
-            last_path,
-        )
 
     def eval_weights() -> Dict[str, Any]:
         return ema.state if ema is not None else net.state_dict()
@@ -657,78 +229,63 @@ def train(
 
     bar = _Bars(progress and main_rank, console, cfg.epochs, micro_per_epoch, start_epoch)
     epochs_done = start_epoch
+
+    def before_epoch(epoch: int) -> None:
+        set_backbone_frozen(net, epoch < cfg.freeze_backbone_epochs)
+        bar.start_epoch(epoch)
+
+    def after_epoch(epoch: int, losses: Dict[str, float], seconds: float) -> None:
+        nonlocal best_map50, epochs_done
+        record: Dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr_of_step(trainer.steps),
+            "frozen_backbone": epoch < cfg.freeze_backbone_epochs,
+            **losses,
+            "seconds": seconds,
+        }
+        if main_rank:
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                record.update(evaluate_weights(net, eval_weights(), val_set, input_size, postprocess_of(recipe)))
+                if best_map50 is None or (record["map50"] or 0.0) > best_map50 or not best_path.exists():
+                    best_map50 = record["map50"] or 0.0
+                    save_best(best_path, eval_weights(), epoch + 1, best_map50, meta)
+            history.append(record)
+            save_training_state(last_path, trainer, epoch + 1, history, best_map50, meta)
+            epochs_done = epoch + 1
+            _write_history(out_dir, history)
+            bar.log(_epoch_line(record, cfg.epochs))
+        else:
+            history.append(record)
+            epochs_done = epoch + 1
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, net)
+
+    def loss_error(losses: Dict[str, float], epoch: int, iteration: int) -> str:
+        return "the loss became {} at epoch {}, iteration {}: lower train.lr".format(losses["loss"], epoch, iteration)
+
     try:
-        with bar, InterruptAtSafePoints() as interrupt:
-            for epoch in range(start_epoch, cfg.epochs):
-                frozen = epoch < cfg.freeze_backbone_epochs
-                model.train()
-                set_backbone_frozen(net, frozen)
-                data.set_epoch(epoch)
-                started = time.time()
-                sums: Dict[str, float] = {}
-                seen = 0
-                bar.start_epoch(epoch)
-                for losses, lr in trainer.epoch(data.loader, micro_per_epoch, lr_of_step):
-                    if not all(math.isfinite(v) for v in losses.values()):
-                        raise DataError(
-                            "the loss became {} at epoch {}, iteration {}: lower train.lr".format(
-                                losses["loss"], epoch + 1, seen + 1
-                            )
-                        )
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    seen += 1
-                    bar.advance(losses["loss"], lr)
-                    interrupt.check()
-                record: Dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "lr": lr_of_step(trainer.steps),
-                    "frozen_backbone": frozen,
-                }
-                record.update({k: v / max(seen, 1) for k, v in sums.items()})
-                record["seconds"] = round(time.time() - started, 2)
-                if main_rank:
-                    if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                        record.update(_evaluate_with(net, eval_weights(), val_set, input_size, _postprocess_of(recipe)))
-                        if best_map50 is None or (record["map50"] or 0.0) > best_map50 or not best_path.exists():
-                            best_map50 = record["map50"] or 0.0
-                            atomic_save(
-                                {"model": eval_weights(), "epoch": epoch + 1, "map50": best_map50, **meta}, best_path
-                            )
-                    history.append(record)
-                    checkpoint(epoch + 1)
-                    epochs_done = epoch + 1
-                    _write_history(out_dir, history)
-                    bar.log(_epoch_line(record, cfg.epochs))
-                else:
-                    history.append(record)
-                    epochs_done = epoch + 1
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, net)
+        with bar:
+            run_epochs(
+                trainer,
+                data,
+                range(start_epoch, cfg.epochs),
+                lr_of_step,
+                loss_error,
+                before_epoch,
+                lambda losses, lr: bar.advance(losses["loss"], lr),
+                after_epoch,
+            )
     except KeyboardInterrupt:
         if main_rank:
             del history[epochs_done:]  # an epoch interrupted after its record was added restarts on resume
-            path = checkpoint(epochs_done)
+            path = save_training_state(last_path, trainer, epochs_done, history, best_map50, meta)
             raise TrainingInterrupted(path) from None
         raise
     if not main_rank:
         return TrainResult(best_checkpoint=best_path, history=history, last_checkpoint=last_path, best_map50=best_map50)
     if not best_path.exists():  # resumed after the final epoch, or never evaluated
-        atomic_save({"model": eval_weights(), "epoch": epochs_done, "map50": best_map50, **meta}, best_path)
+        save_best(best_path, eval_weights(), epochs_done, best_map50, meta)
     return TrainResult(best_checkpoint=best_path, history=history, last_checkpoint=last_path, best_map50=best_map50)
-
-
-def _evaluate_with(
-    net: nn.Layer, weights: Dict[str, Any], val_set: Dataset, input_size: int, postprocess: Any
-) -> Dict[str, Any]:
-    """Evaluate `net` carrying `weights` (the EMA), then put its own weights back."""
-    own = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    net.set_state_dict(weights)
-    try:
-        result = evaluate_net(net, val_set, input_size, postprocess)
-    finally:
-        net.set_state_dict(own)
-    return {"map50": result.map50, "map": result.map}
 
 
 def _epoch_line(record: Dict[str, Any], epochs: int) -> str:
@@ -748,41 +305,6 @@ def _write_history(out_dir: Path, history: List[Dict[str, Any]]) -> None:
         plot_history(history, out_dir / PLOT_FILE)
     except ImportError:  # matplotlib missing: the curves are still in metrics.jsonl
         pass
-
-
-class InterruptAtSafePoints:
-    """Ctrl-C (or SIGTERM, as systemd and kill send) during training sets a flag that `check()` (called
-    between iterations) turns into KeyboardInterrupt: a KeyboardInterrupt raised wherever the signal lands
-    (a data loader's __del__ runs between epochs) can be swallowed as "exception ignored". A second
-    Ctrl-C raises at once; repeated SIGTERMs do not (paddle.distributed.launch sends up to three within
-    a second to stop a worker). SIGTERM's handler also replaces Paddle's, which dumps a C++ FatalError and
-    leaves DataLoader workers behind. Only the main thread can install handlers; elsewhere this does nothing."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: Dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def check(self) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> InterruptAtSafePoints:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self.previous.items():
-            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
 
 class _Bars:

@@ -12,6 +12,7 @@ import edge_sdk  # noqa: F401  (zlib before paddle)
 paddle = pytest.importorskip("paddle")
 pytest.importorskip("paddleslim")
 
+from compress.checkpoint import load_trained, save_pruned  # noqa: E402
 from compress.flops import model_flops  # noqa: E402
 from compress.models import build_yolov3  # noqa: E402
 from compress.prune import (  # noqa: E402
@@ -19,10 +20,8 @@ from compress.prune import (  # noqa: E402
     prunable_groups,
     prune_to_target,
     rounded_ratio,
-    save_pruned,
 )
 from compress.sensitivity import cache_key, sensitivity  # noqa: E402
-from compress.train import load_trained  # noqa: E402
 from edge_sdk.errors import RecipeError  # noqa: E402
 
 SIZE = (96, 96)

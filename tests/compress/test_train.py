@@ -16,19 +16,13 @@ import pytest
 import yaml
 
 import edge_sdk  # noqa: F401
+from compress.anchors import kmeans_anchors, resolve_anchors
+from compress.checkpoint import LAST_CHECKPOINT
 from compress.config import recipe_from_dict
+from compress.loop import Trainer
 from compress.loss import YOLOv3Loss
-from compress.train import (
-    LAST_CHECKPOINT,
-    METRICS_FILE,
-    PLOT_FILE,
-    Trainer,
-    build_model,
-    kmeans_anchors,
-    lr_at,
-    resolve_anchors,
-    train,
-)
+from compress.optim import lr_at
+from compress.train import METRICS_FILE, PLOT_FILE, build_model, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -353,8 +347,8 @@ def test_extra_loss_is_added_and_accumulates_like_one_big_batch() -> None:
 
 
 def test_load_trained_rebuilds_a_pruned_checkpoint(tmp_path: Path) -> None:
-    from compress.prune import prune_to_target, save_pruned
-    from compress.train import load_trained
+    from compress.checkpoint import load_trained, save_pruned
+    from compress.prune import prune_to_target
 
     net = _build()
     net.eval()
