@@ -176,7 +176,7 @@ def sign_command(
     load_private_key(key)  # a key mistake is one error line, before the status line
     if bundle.is_file():  # a missing bundle gets sign_bundle's own error
         typer.echo(
-            "signing {} ({:.1f} MB): verifying it, then compressing it again with the signature".format(
+            "signing {} ({:.1f} MB): verifying it, then writing it with the signature".format(
                 bundle, bundle.stat().st_size / 1e6
             ),
             err=True,

@@ -3,8 +3,9 @@
 Members: `manifest.json` (exactly `Manifest.canonical_bytes()`), the files it lists
 (`model/model.pdmodel`, `model/model.pdiparams`, `calibration/...`) and an optional
 `manifest.sig` (Ed25519, see `edge_sdk.signing`). The tar is PAX format, xz-compressed (LZMA2,
-deterministic bytes). Older bundles are gzip-compressed or plain tars; they still open: the
-format is detected by its magic bytes. `Bundle.sha256` is the sha256 of the file as flashed;
+deterministic bytes) as two concatenated xz streams: the manifest and signature records, then the
+rest, so signing replaces the first stream and copies the second. Older bundles (one xz stream,
+gzip or a plain tar) still open: the format is detected by its magic bytes. `Bundle.sha256` is the sha256 of the file as flashed;
 the manifest lists the size and sha256 of every uncompressed member, and the signature covers
 the manifest only, so compression does not change what is signed.
 
@@ -704,6 +705,8 @@ def write_bundle(
     sdk_version and paddle_version are filled in when empty. signing_key: a private key PEM path
     or an Ed25519PrivateKey, to add manifest.sig. The tar is xz-compressed (preset XZ_PRESET)
     with deterministic bytes: the same manifest (created_at included) and files give the same file.
+    The manifest and signature records are an xz stream of their own, followed by the stream of the
+    rest (one xz file, two concatenated streams), so `sign_bundle` replaces the first one only.
     The written file is verified before it replaces `out_path`; an interruption leaves no partial file.
     """
     if not isinstance(manifest, Manifest):
@@ -727,16 +730,16 @@ def write_bundle(
     Manifest.from_bytes(manifest_bytes)  # a manifest that would not load must not be written
     mtime = _mtime(manifest)
 
+    signature = None
+    if private_key is not None:
+        from edge_sdk.signing import sign_manifest
+
+        signature = sign_manifest(manifest_bytes, private_key)
     with atomic_output(out) as tmp:
         with open(str(tmp), "wb") as f:
-            xz = lzma.LZMAFile(f, mode="wb", format=lzma.FORMAT_XZ, preset=XZ_PRESET)
-            with xz, tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_tar_info(MANIFEST_NAME, len(manifest_bytes), mtime), _BytesReader(manifest_bytes))
-                if private_key is not None:
-                    from edge_sdk.signing import sign_manifest
-
-                    signature = sign_manifest(manifest_bytes, private_key)
-                    tar.addfile(_tar_info(SIGNATURE_NAME, len(signature), mtime), _BytesReader(signature))
+            xz = _XzStreams(f)
+            f.write(_head_stream(manifest_bytes, signature, mtime))
+            with tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for entry in entries:
                     info = _tar_info(entry.path, entry.size, mtime)
                     source = sources[entry.path]
@@ -745,6 +748,7 @@ def write_bundle(
                     else:
                         with open(str(source), "rb") as src:
                             tar.addfile(info, src)
+            xz.close()
         limits = _Limits(DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_MEMBERS)
         try:
             _scan(tmp, limits, None, None)
@@ -767,20 +771,93 @@ class _BytesReader:
         return chunk
 
 
-def sign_bundle(path: PathLike, private_key_path: PathLike, out: Optional[PathLike] = None) -> Path:
-    """Verify a bundle, then re-write it atomically (to `out`, default in place) with manifest.sig.
+class _XzStreams:
+    """A write-only file that xz-compresses what it is given into `f` (tarfile needs write and tell)."""
 
-    An existing signature is replaced. Returns the written path.
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=XZ_PRESET)
+        self._written = 0
+
+    def write(self, data: bytes) -> int:
+        self._f.write(self._compressor.compress(data))
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def close(self) -> None:
+        self._f.write(self._compressor.flush())
+
+
+def _head_stream(manifest_bytes: bytes, signature: Optional[bytes], mtime: int) -> bytes:
+    """The first xz stream of a bundle: the tar records of manifest.json and manifest.sig (when signed)."""
+    buffer = io.BytesIO()
+    records = [(MANIFEST_NAME, manifest_bytes)] + ([(SIGNATURE_NAME, signature)] if signature is not None else [])
+    for name, data in records:
+        buffer.write(_tar_info(name, len(data), mtime).tobuf(format=tarfile.PAX_FORMAT))
+        buffer.write(data + bytes(-len(data) % tarfile.BLOCKSIZE))
+    return lzma.compress(buffer.getvalue(), format=lzma.FORMAT_XZ, preset=XZ_PRESET)
+
+
+def _body_offset(path: Path) -> Optional[int]:
+    """Where the second xz stream of the bundle at `path` starts, when its first stream holds only the
+    manifest and signature records (bundles written by write_bundle); else None."""
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
+    head = b""
+    consumed = 0
+    with open(str(path), "rb") as f:
+        if f.read(len(XZ_MAGIC)) != XZ_MAGIC:
+            return None
+        f.seek(0)
+        while not decompressor.eof:
+            chunk = f.read(CHUNK_BYTES)
+            if not chunk:
+                return None
+            consumed += len(chunk)
+            head += decompressor.decompress(chunk, max_length=MAX_READ_BYTES)
+            if len(head) > MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 4 * tarfile.BLOCKSIZE:
+                return None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r:") as tar:
+            names = [member.name for member in tar.getmembers()]
+    except tarfile.TarError:
+        return None
+    if names not in ([MANIFEST_NAME], [MANIFEST_NAME, SIGNATURE_NAME]):
+        return None
+    return consumed - len(decompressor.unused_data)
+
+
+def sign_bundle(path: PathLike, private_key_path: PathLike, out: Optional[PathLike] = None) -> Path:
+    """Verify a bundle, then write it atomically (to `out`, default in place) with manifest.sig.
+
+    An existing signature is replaced. The files are not compressed again when the bundle has the
+    layout write_bundle gives (its first xz stream holds only the manifest and signature): only that
+    stream is replaced and the rest is copied. Returns the written path.
     """
-    from edge_sdk.signing import load_private_key
+    from edge_sdk.signing import load_private_key, sign_manifest
 
     path = Path(path)
     private_key = load_private_key(private_key_path)
     target = path if out is None else Path(out)
     staging_parent = target.parent if target.parent.is_dir() else None
-    with open_bundle(path, staging_dir=staging_parent) as bundle:
-        files = {entry.path: bundle.path_of(entry.path) for entry in bundle.manifest.files}
-        return write_bundle(target, bundle.manifest, files, signing_key=private_key)
+    limits = _Limits(DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_MEMBERS)
+    manifest = _scan(path, limits, None, None).manifest
+    body_offset = _body_offset(path)
+    if body_offset is None:
+        with open_bundle(path, staging_dir=staging_parent) as bundle:
+            files = {entry.path: bundle.path_of(entry.path) for entry in bundle.manifest.files}
+            return write_bundle(target, bundle.manifest, files, signing_key=private_key)
+    manifest_bytes = manifest.canonical_bytes()
+    head = _head_stream(manifest_bytes, sign_manifest(manifest_bytes, private_key), _mtime(manifest))
+    with atomic_output(target) as tmp:
+        with open(str(path), "rb") as src, open(str(tmp), "wb") as dst:
+            dst.write(head)
+            src.seek(body_offset)
+            shutil.copyfileobj(src, dst, CHUNK_BYTES)
+        _scan(tmp, limits, None, None)
+    return target
 
 
 def generate_keypair(private_path: PathLike, public_path: PathLike) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import stat
 import tarfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -199,6 +200,33 @@ def test_sign_bundle_in_place_and_to_another_file(tmp_path, keys):
         == Manifest.from_bytes(members_of(out)["manifest.json"]).files
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.edgebundle", "keys", "other", "signed.edgebundle"]
+
+
+def _xz_streams(data: bytes) -> List[bytes]:
+    """The concatenated xz streams of a file, each as its own bytes."""
+    streams = []
+    while data:
+        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+        decompressor.decompress(data)
+        streams.append(data[: len(data) - len(decompressor.unused_data)])
+        data = decompressor.unused_data
+    return streams
+
+
+def test_signing_copies_the_compressed_files_and_matches_a_bundle_written_signed(tmp_path, keys):
+    """Signing replaces the small first xz stream (manifest, signature) and copies the files' stream as it is:
+    a 90 MB bundle took 82 s to sign when the whole tar was compressed again."""
+    manifest = replace(make_manifest(), created_at="2026-01-02T03:04:05Z")
+    unsigned = write_bundle(tmp_path / "unsigned.edgebundle", manifest, FILES)
+    written_signed = write_bundle(tmp_path / "written.edgebundle", manifest, FILES, signing_key=keys["private"])
+    signed = sign_bundle(unsigned, keys["private"], out=tmp_path / "signed.edgebundle")
+    head, body = _xz_streams(unsigned.read_bytes())
+    assert _xz_streams(signed.read_bytes())[1:] == [body]
+    assert signed.read_bytes() == written_signed.read_bytes()
+    assert set(members_of(signed)) == {"manifest.json", "manifest.sig", *FILES}
+    verify_bundle(signed, trusted_keys=[keys["public"]])
+    resigned = sign_bundle(signed, keys["other_private"], out=tmp_path / "resigned.edgebundle")
+    assert verify_bundle(resigned, trusted_keys=[keys["other_public"]]) == verify_bundle(signed)
 
 
 def test_sign_refuses_a_corrupt_bundle(tmp_path, keys):
