@@ -329,6 +329,8 @@ def export_command(
 
     from rich.console import Console
 
+    from edge_sdk.progress import status
+
     console = Console(stderr=True)
     with console.status("building yolov3_{} and loading {}".format(arch, weights.name)):
         from compress.export import count_params, export_bundle, model_flops
@@ -348,7 +350,7 @@ def export_command(
         typer.echo("note: " + message, err=True)
     bundle_name = name or "yolov3_{}".format(arch)
     golden_note = ", {} golden images".format(min(golden_count, len(golden_paths))) if golden_paths else ""
-    with console.status("exporting at {}x{}{}".format(size[0], size[1], golden_note)):
+    with status("exporting at {}x{}{} and writing {}".format(size[0], size[1], golden_note, out), console):
         metrics = StageMetrics(stage="export", flops=model_flops(model, size), params=float(count_params(model)))
         if golden_paths:
             path = _export_with_golden(

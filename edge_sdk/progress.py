@@ -67,3 +67,18 @@ def progress_bar(label: str, total: int, show: Show = True, console: Any = None)
     with display:
         task = display.add_task(label, total=total)
         yield lambda: display.advance(task)
+
+
+@contextlib.contextmanager
+def status(message: str, console: Any = None) -> Iterator[None]:
+    """Say `message` while the block runs: a spinner on a terminal; elsewhere (a log, a pipe) the message
+    once as a line, so long work is never silent. console: a rich Console (default: one on stderr)."""
+    from rich.console import Console
+
+    console = console if console is not None else Console(stderr=True)
+    if not console.is_terminal:
+        console.print(message, highlight=False, soft_wrap=True)
+        yield
+        return
+    with console.status(message):
+        yield

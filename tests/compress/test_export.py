@@ -243,6 +243,7 @@ def test_cli_export_writes_a_bundle(tiny_checkpoint, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout
+    assert "exporting at 96x128 and writing {}".format(out) in result.stderr.splitlines()  # said in a log too
     with open_bundle(out) as bundle:
         manifest = bundle.manifest
         assert manifest.classes == ("short", "spur", "open") and manifest.architecture == "yolov3_mobilenet_v3_large"
