@@ -34,24 +34,27 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from compress.config import Recipe
+from compress.config import DistillSection, Recipe
 from compress.stage_cache import StageRecord
-from edge_sdk.bundle import MODEL_PARAMS, MODEL_PROGRAM, PARAMS_FILE, PROGRAM_FILE
+from edge_sdk.bundle import MODEL_PARAMS, MODEL_PROGRAM, PARAMS_FILE, PROGRAM_FILE, Bundle, open_bundle, write_bundle
+from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import RecipeError
 from edge_sdk.fileio import file_sha256
+from edge_sdk.manifest import Postprocess, Provenance, Quantization, StageMetrics
 from edge_sdk.schema import to_plain
+
+if TYPE_CHECKING:
+    import paddle.nn as nn
 
 BUNDLE_FILE = "model.edgebundle"
 CACHE_VERSION = 4
 PARALLEL_DIR = ".parallel"
 FINISHED_FILE = "finished"
 
-
-def section_of(recipe: Recipe, name: str) -> Any:
-    """The recipe's section `name` (a compress.config.Recipe field)."""
-    return getattr(recipe, name)
+StageOutput = Tuple[Dict[str, str], StageMetrics, Dict[str, Any]]
+"""What a stage's run function returns: files (role -> name in WORKDIR/<stage>/), its metrics, facts."""
 
 
 def stage_key(stage: str, recipe: Recipe, previous_sha256: str, data_sha256: str) -> str:
@@ -59,7 +62,7 @@ def stage_key(stage: str, recipe: Recipe, previous_sha256: str, data_sha256: str
     document = {
         "version": CACHE_VERSION,
         "stage": stage,
-        "sections": {name: to_plain(section_of(recipe, name)) for name in STAGE_TABLE[stage].sections},
+        "sections": {name: to_plain(getattr(recipe, name)) for name in STAGE_TABLE[stage].sections},
         "previous": previous_sha256,
         "data": data_sha256,
     }
@@ -74,8 +77,8 @@ class StageContext:
     workdir: Path
     data_dir: Path
     data_sha256: str
-    train_set: Any
-    val_set: Any
+    train_set: Dataset
+    val_set: Dataset
     progress: bool = True
     log: Callable[[str], None] = print
     resume: bool = False
@@ -85,24 +88,23 @@ class StageContext:
         return int(self.recipe.model.input_size)
 
     @property
-    def postprocess(self) -> Any:
+    def postprocess(self) -> Postprocess:
         from compress.train import postprocess_of
 
         return postprocess_of(self.recipe)
 
-    def provenance(self, **extra: str) -> Any:
-        from edge_sdk.manifest import Provenance
-
+    def provenance(self, **extra: str) -> Provenance:
         return Provenance(dataset_sha256=self.data_sha256, recipe_sha256=self.recipe.sha256, **extra)
 
 
-def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any = None) -> Any:
+def _export_and_measure(
+    ctx: StageContext, net: nn.Layer, stage: str, provenance: Optional[Provenance] = None
+) -> Tuple[StageMetrics, List[Dict[str, Any]]]:
     """Export `net` as WORKDIR/<stage>/model.edgebundle with export.golden_images golden images (its own
     detections, see device.golden) and measure it; returns (StageMetrics, per-class AP list)."""
     from calibration.golden import make_golden
     from compress.export import export_bundle, rewrite_bundle
     from compress.flops import count_params, model_flops
-    from edge_sdk.bundle import open_bundle
 
     size = ctx.input_size
     bundle = ctx.workdir / stage / BUNDLE_FILE
@@ -125,7 +127,7 @@ def _export_and_measure(ctx: StageContext, net: Any, stage: str, provenance: Any
     return measure_stage(ctx, stage, bundle, float(model_flops(net, (size, size))), float(count_params(net)))
 
 
-def golden_members(bundle: Any) -> Dict[str, bytes]:
+def golden_members(bundle: Bundle) -> Dict[str, bytes]:
     """The golden members (archive name -> bytes) of an opened Bundle: what an INT8 bundle copies from the
     FP32 bundle it was quantized from, so it ships the FP32 model's detections."""
     from device.golden import GOLDEN_DIR, GOLDEN_JSON
@@ -137,10 +139,11 @@ def golden_members(bundle: Any) -> Dict[str, bytes]:
     }
 
 
-def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[float], params: Optional[float]) -> Any:
+def measure_stage(
+    ctx: StageContext, stage: str, bundle: Path, flops: Optional[float], params: Optional[float]
+) -> Tuple[StageMetrics, List[Dict[str, Any]]]:
     """(StageMetrics, per-class AP list) of `bundle` run through device.detector.Detector on the val set."""
     from compress.measure import measure_bundle
-    from edge_sdk.manifest import StageMetrics
 
     ctx.log("measuring the {} bundle on {} val images".format(stage, len(ctx.val_set)))
     measured = measure_bundle(bundle, ctx.val_set)
@@ -157,8 +160,12 @@ def measure_stage(ctx: StageContext, stage: str, bundle: Path, flops: Optional[f
 
 
 def _finetune(
-    ctx: StageContext, student: Any, epochs: int, teacher_checkpoint: Optional[Path] = None, distill: Any = None
-) -> List[Any]:
+    ctx: StageContext,
+    student: nn.Layer,
+    epochs: int,
+    teacher_checkpoint: Optional[Path] = None,
+    distill: Optional[DistillSection] = None,
+) -> List[Dict[str, Any]]:
     """Fine-tune `student` in place (with distillation from the checkpoint's model when given) with
     train.lr on a fresh cosine schedule; under a data-parallel launch the other ranks join through
     post_finetune_job. Returns the per-epoch history."""
@@ -178,14 +185,14 @@ def _finetune(
 
 def _run_finetune(
     ctx: StageContext,
-    student: Any,
+    student: nn.Layer,
     epochs: int,
     teacher_checkpoint: Optional[Path],
-    distill: Any,
+    distill: Optional[DistillSection],
     rank: int,
     world: int,
     progress: Optional[Callable[[int, Dict[str, float]], None]] = None,
-) -> List[Any]:
+) -> List[Dict[str, Any]]:
     """compress.distill.finetune as every rank runs it (same seed, same arguments); the history."""
     import paddle
 
@@ -216,7 +223,11 @@ def parallel_folder(workdir: Path) -> Path:
 
 
 def post_finetune_job(
-    workdir: Path, student: Any, teacher_checkpoint: Optional[Path], epochs: int, distill: Any
+    workdir: Path,
+    student: nn.Layer,
+    teacher_checkpoint: Optional[Path],
+    epochs: int,
+    distill: Optional[DistillSection],
 ) -> Path:
     """Rank 0: write the next job (the pruned student's weights, then job-<n>.json last) for follow_finetune_jobs."""
     from compress.checkpoint import save_pruned
@@ -248,7 +259,6 @@ def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
     """The other ranks: run rank 0's fine-tuning jobs in order, data parallel, until it posts FINISHED_FILE.
     Returns the number of jobs run."""
     from compress.checkpoint import load_trained
-    from compress.config import DistillSection
     from compress.loop import distributed
 
     rank, world = distributed()
@@ -269,7 +279,7 @@ def follow_finetune_jobs(ctx: StageContext, poll_s: float = 0.5) -> int:
             time.sleep(poll_s)
 
 
-def run_train_stage(ctx: StageContext, previous: Optional[StageRecord] = None) -> Any:
+def run_train_stage(ctx: StageContext, previous: Optional[StageRecord] = None) -> StageOutput:
     """-> (files, metrics, info). Trains (or resumes) into WORKDIR/train."""
     from compress.checkpoint import BEST_CHECKPOINT, load_trained
     from compress.train import train
@@ -281,11 +291,11 @@ def run_train_stage(ctx: StageContext, previous: Optional[StageRecord] = None) -
     return {"checkpoint": BEST_CHECKPOINT, "bundle": BUNDLE_FILE}, metrics, info
 
 
-def run_prune_stage(ctx: StageContext, previous: StageRecord) -> Any:
+def run_prune_stage(ctx: StageContext, previous: StageRecord) -> StageOutput:
     from compress.checkpoint import load_trained, save_pruned
     from compress.prune import prune_model
 
-    cfg = section_of(ctx.recipe, "prune")
+    cfg = ctx.recipe.prune
     teacher = load_trained(previous.path(ctx.workdir, "checkpoint"))
     folder = ctx.workdir / "prune"
     ctx.log(
@@ -303,10 +313,10 @@ def run_prune_stage(ctx: StageContext, previous: StageRecord) -> Any:
     return {"checkpoint": "pruned.pdparams", "bundle": BUNDLE_FILE}, metrics, info
 
 
-def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: StageRecord) -> Any:
+def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: StageRecord) -> StageOutput:
     from compress.checkpoint import load_trained, save_pruned
 
-    cfg = section_of(ctx.recipe, "distill")
+    cfg = ctx.recipe.distill
     student = load_trained(previous.path(ctx.workdir, "checkpoint"))
     ctx.log(
         "distilling: {} epochs, weight {:g}, feature weight {:g}".format(cfg.epochs, cfg.weight, cfg.feature_weight)
@@ -320,17 +330,15 @@ def run_distill_stage(ctx: StageContext, previous: StageRecord, teacher_record: 
     return {"checkpoint": "student.pdparams", "bundle": BUNDLE_FILE}, metrics, info
 
 
-def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
+def run_int8_stage(ctx: StageContext, previous: StageRecord) -> StageOutput:
     from calibration.budget import AccuracyBudgetExceeded, int8_manifest, quantize_within_budget
     from calibration.calibration_set import select_calibration_set
     from calibration.golden import self_check
     from calibration.ptq import LAYER_NAMES_FILE
     from compress.checkpoint import load_trained
     from compress.export import LAYER_NAMES_MEMBER
-    from edge_sdk.bundle import open_bundle, write_bundle
-    from edge_sdk.manifest import Quantization
 
-    cfg = section_of(ctx.recipe, "int8")
+    cfg = ctx.recipe.int8
     folder = ctx.workdir / "int8"
     fp32_bundle = previous.path(ctx.workdir, "bundle")
     calibration = select_calibration_set(
@@ -369,7 +377,7 @@ def run_int8_stage(ctx: StageContext, previous: StageRecord) -> Any:
             from compress.qat import quantize_aware_train
 
             ctx.log("INT8: {}; falling back to QAT".format(exc))
-            qat = section_of(ctx.recipe, "qat")
+            qat = ctx.recipe.qat
             quantize_aware_train(
                 load_trained(previous.path(ctx.workdir, "checkpoint")),
                 ctx.train_set,
