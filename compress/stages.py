@@ -52,6 +52,7 @@ BUNDLE_FILE = "model.edgebundle"
 CACHE_VERSION = 4
 PARALLEL_DIR = ".parallel"
 FINISHED_FILE = "finished"
+MEASURED_LATENCY_IMAGES = 20
 
 StageOutput = Tuple[Dict[str, str], StageMetrics, Dict[str, Any]]
 """What a stage's run function returns: files (role -> name in WORKDIR/<stage>/), its metrics, facts."""
@@ -142,21 +143,23 @@ def golden_members(bundle: Bundle) -> Dict[str, bytes]:
 def measure_stage(
     ctx: StageContext, stage: str, bundle: Path, flops: Optional[float], params: Optional[float]
 ) -> Tuple[StageMetrics, List[Dict[str, Any]]]:
-    """(StageMetrics, per-class AP list) of `bundle` run through device.detector.Detector on the val set."""
-    from compress.measure import measure_bundle
+    """(StageMetrics, per-class AP list) of `bundle` run the way the robot runs it (device.evaluate.evaluate_model:
+    Paddle Inference on the CPU) on the val set; latency_ms: median of the first MEASURED_LATENCY_IMAGES images."""
+    from device.evaluate import evaluate_model
 
     ctx.log("measuring the {} bundle on {} val images".format(stage, len(ctx.val_set)))
-    measured = measure_bundle(bundle, ctx.val_set)
+    with open_bundle(bundle) as opened:
+        evaluation = evaluate_model(opened, ctx.val_set, device="cpu", latency_images=MEASURED_LATENCY_IMAGES)
     metrics = StageMetrics(
         stage=stage,
-        map50=measured["map50"],
-        map=measured["map"],
+        map50=evaluation.map50,
+        map=evaluation.map,
         flops=flops,
         params=params,
         bytes=float(bundle.stat().st_size),
-        latency_ms=measured["latency_ms"],
+        latency_ms=evaluation.latency_ms,
     )
-    return metrics, measured["per_class"]
+    return metrics, [c.to_dict() for c in evaluation.result.per_class]
 
 
 def _finetune(
