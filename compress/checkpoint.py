@@ -4,7 +4,7 @@
   ema, scaler, epoch, step, history, best_map50, and the model's meta (arch, width, anchors,
   classes, input_size, recipe_sha256).
 - best.pdparams: model (EMA weights), epoch, map50 and the same meta.
-- a pruned checkpoint (prune, distill stages): model, prune_plan (compress.prune.make_plan) and
+- a pruned checkpoint (prune, distill stages): model, prune_plan (compress.pruning.PrunePlan.to_dict) and
   whatever the caller adds (classes).
 `load_trained` rebuilds the model of a best.pdparams or of a pruned checkpoint.
 """
@@ -20,7 +20,7 @@ import paddle.nn as nn
 
 from compress.loop import Trainer
 from compress.models import build_yolov3
-from compress.prune import load_pruned
+from compress.pruning import PrunePlan, load_pruned
 from edge_sdk.errors import DataError, RecipeError
 from edge_sdk.fileio import atomic_output
 
@@ -122,7 +122,7 @@ def load_trained(checkpoint: Path) -> nn.Layer:
     saved = paddle.load(str(checkpoint))
     plan = saved.get("prune_plan")
     if plan:
-        return load_pruned(plan["arch"], plan["num_classes"], plan["width"], plan, saved["model"])
+        return load_pruned(PrunePlan.from_dict(plan), saved["model"])
     net = build_yolov3(saved["arch"], len(saved["classes"]), saved["width"], saved["anchors"])
     net.set_state_dict(saved["model"])
     net.eval()
@@ -131,7 +131,7 @@ def load_trained(checkpoint: Path) -> nn.Layer:
 
 def save_pruned(model: nn.Layer, path: Union[str, Path], extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write {"model": state dict, "prune_plan": plan, **extra} to `path` atomically (paddle.save)."""
-    plan = getattr(model, "prune_plan", None)
-    if plan is None:
+    if model.prune_plan is None:
         raise RecipeError("save_pruned needs a model returned by prune_to_target or load_pruned")
-    return atomic_save({"model": model.state_dict(), "prune_plan": plan, **dict(extra or {})}, Path(path))
+    saved = {"model": model.state_dict(), "prune_plan": model.prune_plan.to_dict(), **dict(extra or {})}
+    return atomic_save(saved, Path(path))

@@ -16,7 +16,7 @@ import numpy as np
 import paddle.nn as nn
 
 from compress.config import DEFAULT_PRUNE_RATIOS
-from compress.prune import ChannelPruner
+from compress.pruning import ChannelPruner
 from edge_sdk.errors import DataError
 from edge_sdk.fileio import atomic_output, atomic_write_text
 

@@ -113,7 +113,6 @@ def test_no_import_runs_up_the_layers():
     assert upward_imports(module_imports(REPO)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="compress/ and device.sinks cycles are being taken apart (issue 13)")
 def test_no_import_cycles():
     assert import_cycles(module_imports(REPO)) == []
 

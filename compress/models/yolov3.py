@@ -36,6 +36,8 @@ class YOLOv3(nn.Layer):
 
     anchors: 9 (w, h) pairs in input pixels; anchor_masks: which anchors each level uses
     (largest anchors on the stride-32 map); downsample_ratios: the stride of each level.
+    prune_plan: the compress.pruning.PrunePlan of a pruned model (set by prune_to_target and
+    load_pruned), None as built.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class YOLOv3(nn.Layer):
         self.anchors: List[List[float]] = [list(a) for a in anchors]
         self.anchor_masks: List[List[int]] = [list(m) for m in anchor_masks]
         self.downsample_ratios: List[int] = list(DOWNSAMPLE_RATIOS)
+        self.prune_plan = None
         self.backbone = _build_backbone(arch, self.width)
         self.neck = YOLOv3FPN(self.backbone.out_channels, self.width)
         self.yolo_head = YOLOv3Head(self.neck.out_channels, [len(m) for m in self.anchor_masks], self.num_classes)

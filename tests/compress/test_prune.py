@@ -15,7 +15,8 @@ pytest.importorskip("paddleslim")
 from compress.checkpoint import load_trained, save_pruned  # noqa: E402
 from compress.flops import model_flops  # noqa: E402
 from compress.models import build_yolov3  # noqa: E402
-from compress.prune import (  # noqa: E402
+from compress.pruning import (  # noqa: E402
+    PrunePlan,
     load_pruned,
     prunable_groups,
     prune_to_target,
@@ -143,11 +144,11 @@ def test_pruned_model_exports_and_runs_in_paddle_inference(pruned, tmp_path):
 def test_pruned_checkpoint_round_trip(pruned, tmp_path):
     model = pruned[0]
     path = save_pruned(model, tmp_path / "pruned.pdparams", extra={"classes": ["a"] * NUM_CLASSES})
-    plan = json.loads(json.dumps(model.prune_plan))  # the plan is plain JSON
+    plan = json.loads(json.dumps(model.prune_plan.to_dict()))  # the plan is plain JSON
     restored = load_trained(path)
     for a, b in zip(_outputs(model), _outputs(restored)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    again = load_pruned(plan["arch"], plan["num_classes"], plan["width"], plan, model.state_dict())
+    again = load_pruned(PrunePlan.from_dict(plan), model.state_dict())
     assert model_flops(again, SIZE) == pruned[3]
     saved = paddle.load(str(path))
     assert saved["classes"] == ["a"] * NUM_CLASSES

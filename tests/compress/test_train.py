@@ -348,7 +348,7 @@ def test_extra_loss_is_added_and_accumulates_like_one_big_batch() -> None:
 
 def test_load_trained_rebuilds_a_pruned_checkpoint(tmp_path: Path) -> None:
     from compress.checkpoint import load_trained, save_pruned
-    from compress.prune import prune_to_target
+    from compress.pruning import prune_to_target
 
     net = _build()
     net.eval()
