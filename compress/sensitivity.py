@@ -16,9 +16,12 @@ import numpy as np
 import paddle.nn as nn
 
 from compress.config import DEFAULT_PRUNE_RATIOS
+from compress.evaluation import evaluate_net
 from compress.pruning import ChannelPruner
+from edge_sdk.data.dataset import Dataset
 from edge_sdk.errors import DataError
 from edge_sdk.fileio import atomic_output, atomic_write_text
+from edge_sdk.manifest import Postprocess
 
 CACHE_VERSION = 1
 Sensitivities = Dict[str, Dict[float, float]]
@@ -198,18 +201,14 @@ def plot_sensitivities(
 
 
 def map50_evaluator(
-    val_set: Any,
+    val_set: Dataset,
     input_size: int,
-    postprocess: Any = None,
+    postprocess: Optional[Postprocess] = None,
     max_images: int = 0,
 ) -> Tuple[Callable[[nn.Layer], Optional[float]], str]:
     """(eval_fn, val_key) for `sensitivity`: eval_fn(model) is the val mAP@.5 on the first
     `max_images` images of `val_set` (an edge_sdk Dataset; 0 = all) with the export's decoding and
     NMS; val_key hashes those images' paths and boxes and the input size."""
-    from compress.evaluation import evaluate_net
-    from edge_sdk.data.dataset import Dataset
-    from edge_sdk.manifest import Postprocess
-
     records = list(val_set.images)[: int(max_images)] if max_images else list(val_set.images)
     subset = Dataset(classes=tuple(val_set.classes), images=tuple(records), source=val_set.source)
     digest = hashlib.sha256(json.dumps([int(input_size), list(val_set.classes)]).encode("utf-8"))
