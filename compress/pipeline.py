@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from compress.config import Recipe, check_stages
+from compress.data import data_sha256, prepare_data, wait_for_data
 from compress.stage_cache import DONE_FILE, StageRecord, StageStore
-from compress.stages import STAGE_TABLE, StageContext, stage_key
+from compress.stages import PARALLEL_DIR, STAGE_TABLE, StageContext, follow_finetune_jobs, post_finished, stage_key
 from edge_sdk.errors import RecipeError
+from edge_sdk.manifest import StageMetrics
 
 
 @dataclass
@@ -27,7 +29,7 @@ class CompressResult:
     """bundle: the written bundle; metrics: the manifest's StageMetrics; history: training epochs."""
 
     bundle: Path
-    metrics: List[Any] = field(default_factory=list)
+    metrics: List[StageMetrics] = field(default_factory=list)
     history: List[Dict[str, Any]] = field(default_factory=list)
     per_class: List[Dict[str, Any]] = field(default_factory=list)
     report: Optional[Path] = None
@@ -52,9 +54,7 @@ def run(
     import paddle
 
     from compress.compression_report import write_report
-    from compress.data import wait_for_data
     from compress.export import rewrite_bundle
-    from compress.stages import PARALLEL_DIR, follow_finetune_jobs, post_finished
     from compress.train import train
 
     workdir = Path(workdir)
@@ -189,7 +189,6 @@ def make_context(
 ) -> StageContext:
     """The StageContext of `recipe` in `workdir`. data_dir: as compress.data.prepare_data takes it, or,
     with prepared=True, the folder prepare_data returned."""
-    from compress.data import data_sha256, prepare_data
     from compress.train import load_datasets
 
     workdir = Path(workdir)
