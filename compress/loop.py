@@ -143,7 +143,7 @@ def run_epochs(
     over the epoch's micro-batches, seconds) ends the epoch. Ctrl-C raises KeyboardInterrupt at the
     next micro-batch boundary (`InterruptAtSafePoints`).
     """
-    with InterruptAtSafePoints() as interrupt:
+    with InterruptAtSafePoints(across_ranks=isinstance(trainer.model, paddle.DataParallel)) as interrupt:
         for epoch in epochs:
             trainer.model.train()
             if before_epoch is not None:
@@ -255,12 +255,15 @@ class InterruptAtSafePoints:
     (a data loader's __del__ runs between epochs) can be swallowed as "exception ignored". A second
     Ctrl-C raises at once; repeated SIGTERMs do not (paddle.distributed.launch sends up to three within
     a second to stop a worker). SIGTERM's handler also replaces Paddle's, which dumps a C++ FatalError and
-    leaves DataLoader workers behind. Only the main thread can install handlers; elsewhere this does nothing."""
+    leaves DataLoader workers behind. Only the main thread can install handlers; elsewhere this does nothing.
+    across_ranks (data-parallel training, where every rank runs the same batches): `check()` stops every
+    rank at the same batch when any was signalled, else the others would wait in its next all-reduce."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, across_ranks: bool = False) -> None:
         self.requested = False
+        self.across_ranks = across_ranks
         self.previous: Dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -269,7 +272,12 @@ class InterruptAtSafePoints:
         self.requested = True
 
     def check(self) -> None:
-        if self.requested:
+        requested = self.requested
+        if self.across_ranks:
+            flag = paddle.to_tensor([int(requested)], dtype="int32")
+            paddle.distributed.all_reduce(flag, op=paddle.distributed.ReduceOp.MAX)
+            self.requested = requested = bool(flag.item())
+        if requested:
             raise KeyboardInterrupt
 
     def __enter__(self) -> InterruptAtSafePoints:
@@ -281,4 +289,6 @@ class InterruptAtSafePoints:
 
     def __exit__(self, *exc: object) -> None:
         for signum, previous in self.previous.items():
+            if self.requested and signum == signal.SIGTERM:
+                previous = signal.SIG_IGN  # stopping already; the launcher repeats SIGTERM while we save
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)

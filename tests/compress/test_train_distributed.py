@@ -104,6 +104,62 @@ def test_a_failing_worker_shows_its_error_once_and_never_the_environment(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigterm_stops_every_process_with_a_checkpoint(tmp_path: Path) -> None:
+    """SIGTERM to `compress --gpus cpu:2` reaches the workers through the launcher: both ranks stop at the
+    same batch, rank 0 saves a checkpoint, the command says so in one line and exits 130, no process is left."""
+    import signal
+    import time
+
+    import paddle
+
+    from tests.compress.test_train import _alive, _descendants
+
+    (tmp_path / "long.yml").write_text(
+        "model: {arch: mobilenet_v1, width: 0.125, input_size: 64}\n"
+        "data: {path: synthetic, images: 24, seed: 3, size: [96, 96]}\n"
+        "train: {epochs: 200, batch_size: 4, optimizer: momentum, lr: 0.01, warmup_steps: 0, schedule: piecewise,\n"
+        "        milestones: [], amp: false, num_workers: 0, eval_every: 100}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "edge_cli", "compress", "long.yml", "--gpus", "cpu:2", "--workdir", "work",
+               "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path)
+    )
+    try:
+        lines = []
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("epoch 2/"):
+                break
+        assert any(line.startswith("epoch 2/") for line in lines), "".join(lines) + proc.stderr.read()
+        helpers = _descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logs = "".join(p.read_text() for p in sorted((tmp_path / "work" / "launch-logs").glob("workerlog.*")))
+    assert proc.returncode == 130, err + logs
+    assert err.splitlines() == [
+        "running 2 data-parallel processes (their logs: work/launch-logs)",
+        "interrupted: checkpoint saved to work/train/last.pdckpt (continue with --resume)",
+    ], logs
+    assert "Traceback" not in out + logs and "LAUNCH" not in out, logs
+    assert paddle.load(str(tmp_path / "work" / "train" / "last.pdckpt"))["epoch"] >= 2
+    deadline = time.time() + 30
+    while [pid for pid in helpers if _alive(pid)] and time.time() < deadline:
+        time.sleep(0.5)
+    assert [pid for pid in helpers if _alive(pid)] == []
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
     """One optimizer step on each of 2 CPU ranks (gloo all-reduce): parameters equal, data different.
