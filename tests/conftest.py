@@ -1,12 +1,16 @@
-"""Shared fixtures: a tiny exported YOLOv3 and its bundle; the `gpu` marker's skip rule.
+"""Shared fixtures: a tiny exported YOLOv3 and its bundle; the `gpu` and `workstation` markers' skip rules.
 
 `tiny_bundle` (session scope) is a Path to a bundle of build_yolov3("mobilenet_v1", 6, width=0.125)
 with paddle.seed(0) weights (untrained, so its detections are arbitrary but deterministic, and there
-are some above the default thresholds), exported at 96x96 with the PCB defect class names.
+are some above the default thresholds), exported at 96x96 with the PCB defect class names. It is
+made from TINY_BUNDLE, checked in, so the robot-side tests need neither compress nor paddleslim
+(tests/compress/tiny_export.py rewrites it; tests/compress overrides these fixtures with a fresh export).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,8 @@ TINY_ARCH = "mobilenet_v1"
 TINY_WIDTH = 0.125
 TINY_INPUT_SIZE = (96, 96)
 TINY_CLASSES = ("missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper")
+TINY_BUNDLE = Path(__file__).resolve().parent / "data" / "tiny-0.1.0.edgebundle"
+TINY_MODEL_MEMBERS = ("model/model.pdmodel", "model/model.pdiparams", "model/model.layers.json")
 
 
 def _gpu_available() -> bool:
@@ -30,43 +36,46 @@ def _gpu_available() -> bool:
         return False
 
 
+def _skip_marked(items, marker: str, available, reason: str) -> None:
+    marked = [item for item in items if item.get_closest_marker(marker) is not None]
+    if marked and not available():
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked `gpu` without a CUDA build of Paddle and a visible GPU."""
-    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
-    if not gpu_items or _gpu_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (Paddle without CUDA or no GPU visible)")
-    for item in gpu_items:
-        item.add_marker(skip)
+    """Skip tests marked `gpu` without a CUDA build of Paddle and a visible GPU, and tests marked
+    `workstation` where paddleslim is not installed (the robot's install)."""
+    _skip_marked(items, "gpu", _gpu_available, "needs a CUDA GPU (Paddle without CUDA or no GPU visible)")
+    _skip_marked(
+        items,
+        "workstation",
+        lambda: importlib.util.find_spec("paddleslim") is not None,
+        "needs the workstation install (paddleslim); the robot's has none",
+    )
 
 
 @pytest.fixture(scope="session")
-def tiny_model():
-    """The tiny YOLOv3 (eval mode) behind `tiny_bundle`; do not modify it in a test."""
-    import paddle
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """Folder holding model.pdmodel, model.pdiparams and model.layers.json of the tiny model, exported at 96x96."""
+    import shutil
 
-    from compress.models import build_yolov3
-
-    paddle.seed(0)
-    model = build_yolov3(TINY_ARCH, len(TINY_CLASSES), width=TINY_WIDTH)
-    model.eval()
-    return model
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
-    """Folder holding model.pdmodel and model.pdiparams of the tiny model, exported at 96x96."""
-    from compress.export import export_inference
+    from edge_sdk.bundle import open_bundle
 
     out_dir = tmp_path_factory.mktemp("tiny_model")
-    export_inference(tiny_model, TINY_INPUT_SIZE, out_dir)
+    with open_bundle(TINY_BUNDLE) as bundle:
+        for member in TINY_MODEL_MEMBERS:
+            shutil.copyfile(str(bundle.path_of(member)), str(out_dir / Path(member).name))
     return out_dir
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_model, tmp_path_factory) -> Path:
-    """Path to an unsigned fp32 bundle "tiny-0.1.0" of the tiny model (96x96 input, 6 PCB classes)."""
-    from compress.export import export_bundle
+def tiny_bundle(tmp_path_factory) -> Path:
+    """Path to an unsigned fp32 bundle "tiny-0.1.0" of the tiny model (96x96 input, 6 PCB classes),
+    written now by this SDK (created_at, sdk_version and paddle_version are today's)."""
+    from edge_sdk.bundle import open_bundle, write_bundle
 
-    out_dir = tmp_path_factory.mktemp("tiny_bundle")
-    return export_bundle(tiny_model, TINY_CLASSES, TINY_INPUT_SIZE, out_dir / "tiny-0.1.0.edgebundle", "tiny", "0.1.0")
+    out_path = tmp_path_factory.mktemp("tiny_bundle") / TINY_BUNDLE.name
+    with open_bundle(TINY_BUNDLE) as bundle:
+        manifest = dataclasses.replace(bundle.manifest, created_at="", sdk_version="", paddle_version="")
+        return Path(write_bundle(out_path, manifest, {member: bundle.path_of(member) for member in TINY_MODEL_MEMBERS}))

@@ -12,6 +12,7 @@ from edge_sdk.data.dataset import ImageRecord
 from edge_sdk.errors import RecipeError
 
 
+@pytest.mark.workstation  # PaddleSlim's PTQ
 def test_good_calibration_passes_and_records_how(
     tiny_model_dir, tiny_manifest, calibration_records, pseudo_val, tmp_path
 ):
@@ -44,6 +45,7 @@ def test_good_calibration_passes_and_records_how(
     assert result.quantization.float_layers == ()
 
 
+@pytest.mark.workstation  # PaddleSlim's PTQ
 def test_black_calibration_image_is_refused_with_a_clear_error(tiny_model_dir, tiny_manifest, pseudo_val, tmp_path):
     truth, fp32 = pseudo_val
     black = tmp_path / "black.png"

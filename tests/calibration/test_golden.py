@@ -192,6 +192,7 @@ def _int8_bundle(tiny_bundle, int8_dir, golden, folder, params=None):
     return write_bundle(folder / "tiny-int8.edgebundle", replace(manifest, files=()), members)
 
 
+@pytest.mark.workstation  # PaddleSlim's PTQ
 def test_int8_bundle_passes_its_own_golden_check_and_badly_calibrated_ones_do_not(
     jpeg_golden, tiny_bundle, int8_dir, tmp_path
 ):

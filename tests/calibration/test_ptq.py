@@ -22,6 +22,7 @@ from edge_sdk.manifest import InputSpec, Quantization
 from tests.conftest import TINY_INPUT_SIZE
 
 
+@pytest.mark.workstation  # PaddleSlim's PTQ
 def test_int8_program_runs_on_cpu_with_onednn_int8_and_is_small(int8_dir, tiny_model_dir, tiny_manifest, pcb_data):
     from device.detector import Detector
 
@@ -66,6 +67,7 @@ def test_strip_op_callstacks_removes_the_paths_and_keeps_the_program(tmp_path):
     assert strip_op_callstacks(tmp_path) == 0
 
 
+@pytest.mark.workstation  # PaddleSlim's PTQ
 def test_skipped_layer_keeps_float_weights(tiny_model_dir, calibration_records, tmp_path):
     import paddle
 
@@ -110,6 +112,7 @@ def _program_ops(model_dir):
     return list(program.global_block().ops)
 
 
+@pytest.mark.workstation  # PaddleSlim's PTQ
 def test_bn_folded_int8_keeps_scales_and_structural_names(int8_dir, tiny_model_dir):
     ops = _program_ops(int8_dir)
     types = [op.type for op in ops]

@@ -189,6 +189,20 @@ def test_tiny_bundle_manifest_and_model(tiny_bundle, tiny_model):
     np.testing.assert_allclose(boxes, ref_boxes.numpy(), rtol=1e-4, atol=1e-2)
 
 
+def test_checked_in_tiny_bundle_is_todays_export(tiny_bundle):
+    """tests/data's tiny bundle (what the robot-side tests use) has today's manifest and member bytes."""
+    import dataclasses
+
+    from edge_sdk.bundle import open_bundle
+    from tests.conftest import TINY_BUNDLE
+
+    def comparable(path):
+        with open_bundle(path) as bundle:
+            return dataclasses.replace(bundle.manifest, created_at="", sdk_version="", paddle_version="")
+
+    assert comparable(TINY_BUNDLE) == comparable(tiny_bundle), "run: python -m tests.compress.tiny_export"
+
+
 def test_export_bundle_options(tiny_model, tmp_path):
     from edge_sdk.bundle import open_bundle
 
