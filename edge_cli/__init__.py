@@ -50,6 +50,10 @@ def _register_all() -> None:
 
 _register_all()
 
+# click's ClickException, the base of every usage error: recent typer (0.29 here) vendors click and exports it
+# as typer.TyperException, older typer (the newest for Python 3.8 is 0.20) uses click's own.
+_CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and a non-zero exit.
@@ -62,7 +66,7 @@ def main() -> None:
     except typer.Abort:
         typer.echo("Aborted!", err=True)
         sys.exit(1)
-    except typer.TyperException as exc:
+    except _CLICK_ERROR as exc:
         context = getattr(exc, "ctx", None)
         see = " (see '{} --help')".format(context.command_path) if context is not None else ""
         typer.echo("error: {}{}".format(exc.format_message(), see), err=True)
