@@ -9,7 +9,9 @@ without paddleslim.
 
 from __future__ import annotations
 
+import math
 import sys
+from typing import Any, Callable
 
 import typer
 
@@ -55,6 +57,27 @@ _register_all()
 _CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 
 
+def _finite_numbers_only(command: Any) -> Any:
+    """`command` (a click command or group, recursively) with every float option refusing nan and inf:
+    click 8.1 (Python 3.8's) lets nan through a min/max range; recent typer has no `type` here and refuses them itself."""
+
+    def finite(convert: Callable[..., Any]) -> Callable[..., Any]:
+        def converted(value: Any, param: Any = None, ctx: Any = None) -> Any:
+            number = convert(value, param, ctx)
+            if isinstance(number, float) and not math.isfinite(number):
+                raise typer.BadParameter("{!r} is not a finite number".format(value), ctx=ctx, param=param)
+            return number
+
+        return converted
+
+    for param in command.params:
+        if getattr(getattr(param, "type", None), "name", "") in ("float", "float range"):
+            param.type.convert = finite(param.type.convert)
+    for sub in getattr(command, "commands", {}).values():
+        _finite_numbers_only(sub)
+    return command
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and a non-zero exit.
 
@@ -62,7 +85,7 @@ def main() -> None:
     OS errors each print one `error:` line; Ctrl-C exits with 130.
     """
     try:
-        code = app(prog_name="edge-sdk", standalone_mode=False)
+        code = _finite_numbers_only(typer.main.get_command(app)).main(prog_name="edge-sdk", standalone_mode=False)
     except typer.Abort:
         typer.echo("Aborted!", err=True)
         sys.exit(1)
