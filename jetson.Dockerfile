@@ -42,7 +42,7 @@ COPY calibration ./calibration
 COPY edge_cli ./edge_cli
 # Our own package from this folder; its dependencies are bounded in pyproject.toml.
 # hadolint ignore=DL3013
-RUN python3 -m pip install --no-cache-dir ".[runtime]" \
+RUN python3 -m pip install --no-cache-dir ".[runtime,monitoring]" \
     && python3 -c "import sys; sys.modules['paddleslim'] = None; import device, calibration, edge_cli" \
     && edge-sdk --version
 

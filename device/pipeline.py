@@ -58,6 +58,7 @@ class Pipeline:
         self.latency = {stage: LatencyRing(ring_size) for stage in STAGES}
         self.frames = 0
         self.last_detections = 0
+        self.detections_by_class: Dict[int, int] = {}
         self.last_frame_time: Optional[float] = None
         self._done_times: deque = deque(maxlen=64)
         self._stop = threading.Event()
@@ -174,6 +175,8 @@ class Pipeline:
             self.latency["end_to_end"].add((done - frame.timestamp) * 1000.0)
             self.frames += 1
             self.last_detections = len(detections)
+            for class_id in detections.class_ids.tolist():
+                self.detections_by_class[class_id] = self.detections_by_class.get(class_id, 0) + 1
             self.last_frame_time = done
             self._done_times.append(done)
 
@@ -211,6 +214,16 @@ class Pipeline:
             "temperatures": stats.get("temperatures", {}),
             "gpu_load": stats.get("gpu_load"),
         }
+
+    def totals(self) -> Dict[str, Any]:
+        """Counts since the start: frames, detections_by_class {class id: boxes}, latency_histograms
+        {stage: LatencyRing.histogram()} (ms)."""
+        with self._lock:
+            return {
+                "frames": self.frames,
+                "detections_by_class": dict(self.detections_by_class),
+                "latency_histograms": {stage: ring.histogram() for stage, ring in self.latency.items()},
+            }
 
     def fps(self) -> float:
         """Processed frames per second over the last 64 frames."""

@@ -158,6 +158,7 @@ class RunOptions:
     open_timeout: Optional[float] = None
     engine_cache: Optional[str] = None
     trusted_keys: Optional[str] = None
+    metrics: Optional[str] = None
 
 
 def store_trusted_keys(root: Optional[str] = None) -> Optional[Path]:
@@ -225,7 +226,9 @@ class _SignalStop:
             signal.signal(signum, handler)
 
 
-def _open_sinks(options: RunOptions, classes: Sequence[str], lossless: bool) -> List[Any]:
+def _open_sinks(
+    options: RunOptions, classes: Sequence[str], lossless: bool, status: Any, metrics: Optional[Any]
+) -> List[Any]:
     """The sinks asked for; lossless: they wait for room rather than drop (a file or folder run)."""
     if not any((options.serial, options.jsonl, options.record, options.preview, options.coco_results)):
         return []
@@ -243,6 +246,8 @@ def _open_sinks(options: RunOptions, classes: Sequence[str], lossless: bool) -> 
             coco_gt=options.coco_gt,
             classes=tuple(classes),
             lossless=lossless,
+            run_status=status,
+            metrics=metrics.exposition if metrics is not None else None,
         )
     )
 
@@ -254,6 +259,7 @@ def run(
     from device.detector import Detector
     from device.pipeline import Pipeline
     from device.sources import check_source
+    from device.status import RunStatus
     from device.telemetry import Telemetry
 
     notifier = SystemdNotifier()
@@ -270,6 +276,7 @@ def run(
     source = None
     detector = None
     telemetry = None
+    metrics = None
     with _SignalStop(on_signal) as signals:
         notifier.notify(STATUS="opening the bundle")
         bundle = open_run_bundle(options.bundle, options.root, options.trusted_keys)
@@ -284,6 +291,12 @@ def run(
                 )
             )
             class_ids = class_ids_for(options.classes, bundle.manifest.classes)
+            status = RunStatus(bundle)
+            if options.metrics:  # before the predictor: a busy port fails now, not after an engine build
+                from device.metrics import RunMetrics
+
+                metrics = RunMetrics(status, options.metrics)
+                log("metrics on http://{}:{}/metrics".format(metrics.host, metrics.port))
             notifier.notify(STATUS="building the predictor")
             detector = Detector(
                 bundle,
@@ -297,13 +310,16 @@ def run(
             )
             signals.install()
             log("predictor: {}".format(detector.plan.describe()))
+            status.plan = detector.plan
             if stop_requested.is_set():
                 return {"frames": 0}
             source = _open_run_source(spec, options, notifier, log)
-            sinks = _open_sinks(options, bundle.manifest.classes, lossless=not (spec.live or options.realtime))
+            sinks = _open_sinks(options, bundle.manifest.classes, not (spec.live or options.realtime), status, metrics)
+            status.sinks = sinks
             telemetry = Telemetry().start()
             pipeline = Pipeline(source, detector, sinks, score_threshold=options.score_threshold, telemetry=telemetry)
             pipeline_box.append(pipeline)
+            status.pipeline = pipeline
             if stop_requested.is_set():
                 pipeline.stop()
             return _drive(pipeline, options, notifier, sinks, log)
@@ -324,6 +340,8 @@ def run(
                 telemetry.stop()
             if detector is not None:
                 detector.close()
+            if metrics is not None:
+                metrics.close()
             bundle.close()
             notifier.close()
             if errors and sys.exc_info()[0] is None:

@@ -46,6 +46,12 @@ def run_command(
         help="binary: the framed protocol of docs/serial-protocol.md; text: one readable line per message (debugging).",
     ),
     preview: Optional[str] = typer.Option(None, "--preview", help="Serve a live preview page on HOST:PORT."),
+    metrics: Optional[str] = typer.Option(
+        None,
+        "--metrics",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (and at /metrics of --preview); "
+        "needs the monitoring extra (prometheus-client).",
+    ),
     record: Optional[Path] = typer.Option(
         None,
         "--record",
@@ -143,6 +149,7 @@ def run_command(
         baud=baud,
         serial_mode=serial_mode,
         preview=preview,
+        metrics=metrics,
         record=str(record) if record else None,
         jsonl=jsonl,
         coco_results=str(coco_results) if coco_results else None,

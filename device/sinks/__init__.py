@@ -16,7 +16,7 @@ cv2 and pyserial are imported inside the sinks that use them, not when this pack
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Protocol, Sequence
+from typing import Any, Callable, List, Optional, Protocol, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,15 @@ def open_sinks(
     coco_gt: Optional[str] = None,
     classes: Sequence[str] = (),
     lossless: bool = False,
+    run_status: Optional[Any] = None,
+    metrics: Optional[Callable[[], Tuple[bytes, str]]] = None,
 ) -> List[Sink]:
     """Open the sinks asked for; on any failure close those already open and raise SinkError.
 
     serial: device path or pyserial URL. jsonl: file path or "-" (stdout). record: video path
-    (.avi or .mp4, rotated by size). preview: "HOST:PORT" of the HTTP preview. coco_results: COCO
-    results JSON written at the end, ids from the COCO ground truth `coco_gt` when given.
+    (.avi or .mp4, rotated by size). preview: "HOST:PORT" of the HTTP preview, which shows
+    `run_status` (device.status.RunStatus) and serves `metrics` at /metrics (see PreviewSink).
+    coco_results: COCO results JSON written at the end, ids from the COCO ground truth `coco_gt` when given.
     lossless: the JSON lines and recording sinks wait for room instead of dropping (files and
     folders, where every frame is kept).
     """
@@ -66,7 +69,7 @@ def open_sinks(
         if preview:
             from .preview import PreviewSink
 
-            sinks.append(PreviewSink(preview, classes=classes))
+            sinks.append(PreviewSink(preview, classes=classes, run_status=run_status, metrics=metrics))
         if coco_results:
             from .coco_results import CocoResultsSink
 

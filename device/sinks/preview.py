@@ -3,7 +3,9 @@
     /             the page (device/sinks/preview_page.py: inline CSS/JS, works offline)
     /stream.mjpg  multipart/x-mixed-replace JPEG stream, latest frame only, at most `max_fps`
     /snapshot.jpg the latest annotated frame
-    /stats.json   the pipeline's statistics plus the latest frame's detections and vision status
+    /stats.json   the pipeline's statistics plus the latest frame's detections and vision status, and
+                  what is running (bundle, precision, device, links, uptime) when given a RunStatus
+    /metrics      the Prometheus metrics, when given them (`edge-sdk run --metrics` with --preview)
 
 `write` only stores the newest frame (O(1)). One encoder thread annotates and JPEG-encodes it, and
 only while someone is watching; every client thread sends the newest JPEG when it is ready, so a slow
@@ -18,7 +20,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 from edge_sdk.errors import SinkError
 
@@ -32,11 +34,11 @@ BOUNDARY = "edgesdkframe"
 STREAM_SEND_BUFFER = 256 * 1024  # bytes
 
 
-def parse_address(address: str) -> Tuple[str, int]:
+def parse_address(address: str, what: str = "preview") -> Tuple[str, int]:
     """ "HOST:PORT" (or "[V6]:PORT", or ":PORT" for all interfaces) -> (host, port); SinkError if malformed."""
     host, sep, port_text = str(address).rpartition(":")
     if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise SinkError("preview address must be HOST:PORT (e.g. 0.0.0.0:8080), got {!r}".format(address))
+        raise SinkError("{} address must be HOST:PORT (e.g. 0.0.0.0:8080), got {!r}".format(what, address))
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port_text)
 
@@ -75,6 +77,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(200, "image/jpeg", jpeg)
             elif path == "/stream.mjpg":
                 self._stream(preview)
+            elif path == "/metrics" and preview.metrics is not None:
+                body, content_type = preview.metrics()
+                self._send(200, content_type, body)
             else:
                 self._send(404, "text/plain; charset=utf-8", b"not found\n")
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
@@ -111,13 +116,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class PreviewSink:
-    """HTTP preview on `address` ("HOST:PORT"; port 0 picks a free one, see `.port` and `.url`)."""
+    """HTTP preview on `address` ("HOST:PORT"; port 0 picks a free one, see `.port` and `.url`).
+
+    run_status: a device.status.RunStatus (what is running; None: the page leaves it out).
+    metrics: () -> (body, content type) served at /metrics (None: 404).
+    """
 
     def __init__(
-        self, address: str = "0.0.0.0:8080", classes: Sequence[str] = (), jpeg_quality: int = 80, max_fps: float = 15.0
+        self,
+        address: str = "0.0.0.0:8080",
+        classes: Sequence[str] = (),
+        jpeg_quality: int = 80,
+        max_fps: float = 15.0,
+        run_status: Optional[Any] = None,
+        metrics: Optional[Callable[[], Tuple[bytes, str]]] = None,
     ) -> None:
         host, port = parse_address(address)
         self.classes = tuple(classes)
+        self.run_status = run_status
+        self.metrics = metrics
         self.jpeg_quality = int(jpeg_quality)
         self.min_interval = 1.0 / max_fps if max_fps > 0 else 0.0
         self.stopping = False
@@ -227,6 +244,9 @@ class PreviewSink:
             "age_s": round(now - status["time"], 3),
         }
         result["uptime_s"] = round(now - self._started, 3)
+        if self.run_status is not None:
+            result["run"] = self.run_status.describe()
+            result["uptime_s"] = result["run"]["uptime_s"]
         result["stream_clients"] = watchers
         return jsonable(result)
 

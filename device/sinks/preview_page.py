@@ -34,6 +34,16 @@ PAGE = """<!DOCTYPE html>
 <main>
   <div id="video"><img id="stream" alt="annotated camera stream"></div>
   <aside>
+    <h2>Running</h2>
+    <table>
+      <tr><th>Bundle</th><td id="bundle">&ndash;</td></tr>
+      <tr><th>Precision</th><td id="precision">&ndash;</td></tr>
+      <tr><th>Device</th><td id="device">&ndash;</td></tr>
+      <tr><th>Serial link</th><td id="serial">&ndash;</td></tr>
+      <tr><th>MQTT</th><td id="mqtt">&ndash;</td></tr>
+      <tr><th>Uptime</th><td id="uptime">&ndash;</td></tr>
+    </table>
+    <h2>Vision</h2>
     <table>
       <tr><th>FPS</th><td id="fps">&ndash;</td></tr>
       <tr><th>Latency p50</th><td id="p50">&ndash;</td></tr>
@@ -70,7 +80,22 @@ function fillTable(id, entries, digits, unit, empty) {
     row.insertCell().textContent = typeof value === "number" ? fixed(value, digits, unit) : String(value);
   }
 }
+function duration(seconds) {
+  if (typeof seconds !== "number" || !isFinite(seconds)) { return "\u2013"; }
+  const total = Math.floor(seconds), h = Math.floor(total / 3600), m = Math.floor(total % 3600 / 60);
+  return (h ? h + " h " : "") + (h || m ? m + " min " : "") + (total % 60) + " s";
+}
+function renderRun(run) {
+  const links = run.links || {};
+  setText("bundle", run.bundle ? run.bundle + " " + run.version : "\u2013");
+  setText("precision", run.precision || "\u2013");
+  setText("device", run.plan || run.device || "\u2013");
+  setText("serial", links.serial || "not used");
+  setText("mqtt", links.mqtt || "not used");
+}
 function render(s) {
+  if (s.run) { renderRun(s.run); }
+  setText("uptime", duration(s.uptime_s));
   setText("fps", fixed(s.fps, 1));
   setText("p50", fixed(s.latency_ms_p50, 1, " ms"));
   setText("p99", fixed(s.latency_ms_p99, 1, " ms"));

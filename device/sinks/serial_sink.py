@@ -64,6 +64,8 @@ class SerialSink:
     heartbeat_period, write_timeout, reconnect_min, reconnect_max: seconds.
     """
 
+    link_name = "serial"  # its counters() show on the preview page and in /metrics (device/status.py)
+
     def __init__(
         self,
         port: str,
