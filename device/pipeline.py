@@ -16,6 +16,7 @@ import numpy as np
 
 from device.detector import Detector
 from device.latency import LatencyRing
+from device.status import link_counters
 from edge_sdk.detections import Frame
 
 STAGES = ("preprocess", "inference", "postprocess", "sinks", "end_to_end")
@@ -199,10 +200,11 @@ class Pipeline:
 
     def sink_stats(self) -> Dict[str, Any]:
         """The flat dict handed to every sink: frames, fps, dropped_frames, latency_ms_p50/p99
-        (end to end), detections, reconnects, source_state, temperatures (name -> Celsius), gpu_load (%)."""
+        (end to end), detections, reconnects, source_state, temperatures (name -> Celsius), gpu_load (%),
+        and links ({"serial" | "mqtt": counters}, see device/status.py) when a sink keeps a link."""
         stats = self.stats(max_age=0.5)
         e2e = stats["latency_ms"]["end_to_end"]
-        return {
+        flat = {
             "frames": stats["frames"],
             "fps": stats["fps"],
             "dropped_frames": stats["dropped"],
@@ -214,6 +216,9 @@ class Pipeline:
             "temperatures": stats.get("temperatures", {}),
             "gpu_load": stats.get("gpu_load"),
         }
+        if "links" in stats:
+            flat["links"] = stats["links"]
+        return flat
 
     def totals(self) -> Dict[str, Any]:
         """Counts since the start: frames, detections_by_class {class id: boxes}, latency_histograms
@@ -235,8 +240,8 @@ class Pipeline:
 
     def stats(self, max_age: float = 0.0) -> Dict[str, Any]:
         """frames, fps, detections (last frame), dropped, last_frame_age_s, latency_ms {stage: {p50, p99}},
-        source {...} (Source.stats). max_age: reuse latency percentiles computed less than this many
-        seconds ago (they cost ~0.5 ms to compute)."""
+        source {...} (Source.stats), links {name: counters} when a sink keeps a link. max_age: reuse
+        latency percentiles computed less than this many seconds ago (they cost ~0.5 ms to compute)."""
         source_stats = self.source.stats() if hasattr(self.source, "stats") else {}
         now = time.monotonic()
         with self._lock:
@@ -258,6 +263,9 @@ class Pipeline:
             "latency_ms": latency,
             "source": source_stats,
         }
+        links = link_counters(self.sinks)
+        if links:
+            stats["links"] = links
         if self.telemetry is not None:
             stats.update(self.telemetry.latest().to_stats())
         return stats

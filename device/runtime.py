@@ -69,7 +69,8 @@ def _fmt_ms(value: Optional[float]) -> str:
 
 
 def status_text(stats: Dict[str, Any]) -> str:
-    """One line: "12.4 fps | e2e 81/120 ms (p50/p99) | infer 40 ms | dropped 3 | 2 det | source running"."""
+    """One line: "12.4 fps | e2e 81/120 ms (p50/p99) | infer 40 ms | dropped 3 | 2 det | frames 310 | mqtt down
+    40 queued 2 dropped | source reconnecting (...)": each link (serial, mqtt) says up or down."""
     latency = stats.get("latency_ms", {})
     e2e = latency.get("end_to_end", {})
     infer = latency.get("inference", {})
@@ -89,6 +90,12 @@ def status_text(stats: Dict[str, Any]) -> str:
         text += " | {} {:.0f}C".format(hottest, temperatures[hottest])
     if stats.get("gpu_load") is not None:
         text += " | gpu {}%".format(stats["gpu_load"])
+    for name, counters in sorted((stats.get("links") or {}).items()):
+        text += " | {} {}".format(name, "up" if counters.get("connected") else "down")
+        if counters.get("queued"):
+            text += " {} queued".format(counters["queued"])
+        if counters.get("dropped"):
+            text += " {} dropped".format(counters["dropped"])
     state = source.get("state")
     if state and state != "ok":
         text += " | source {}".format(state)
@@ -159,6 +166,7 @@ class RunOptions:
     engine_cache: Optional[str] = None
     trusted_keys: Optional[str] = None
     metrics: Optional[str] = None
+    mqtt: Optional[str] = None
 
 
 def store_trusted_keys(root: Optional[str] = None) -> Optional[Path]:
@@ -230,7 +238,7 @@ def _open_sinks(
     options: RunOptions, classes: Sequence[str], lossless: bool, status: Any, metrics: Optional[Any]
 ) -> List[Any]:
     """The sinks asked for; lossless: they wait for room rather than drop (a file or folder run)."""
-    if not any((options.serial, options.jsonl, options.record, options.preview, options.coco_results)):
+    if not any((options.serial, options.jsonl, options.record, options.preview, options.coco_results, options.mqtt)):
         return []
     from device.sinks import open_sinks
 
@@ -248,6 +256,7 @@ def _open_sinks(
             lossless=lossless,
             run_status=status,
             metrics=metrics.exposition if metrics is not None else None,
+            mqtt=options.mqtt,
         )
     )
 
@@ -272,6 +281,10 @@ def run(
             pipeline_box[0].stop()
 
     spec = check_source(options.source)  # a missing camera fails now, not after a minutes-long engine build
+    if options.mqtt:  # so do a malformed --mqtt URL and a missing paho-mqtt
+        from device.sinks.mqtt import check_mqtt
+
+        check_mqtt(options.mqtt)
     sinks: List[Any] = []
     source = None
     detector = None

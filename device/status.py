@@ -45,12 +45,7 @@ class RunStatus:
 
     def links(self, sinks: Optional[Sequence[Any]] = None) -> Dict[str, Dict[str, Any]]:
         """{link name: the sink's counters()} for every sink with a link."""
-        result = {}
-        for sink in self.sinks if sinks is None else sinks:
-            name = getattr(sink, "link_name", None)
-            if name and hasattr(sink, "counters"):
-                result[str(name)] = dict(sink.counters())
-        return result
+        return link_counters(self.sinks if sinks is None else sinks)
 
     def describe(self) -> Dict[str, Any]:
         """For the preview page: info() plus plan (one line), links {name: "connected" | "disconnected"}
@@ -63,3 +58,13 @@ class RunStatus:
         }
         result["uptime_s"] = round(self.uptime_s(), 1)
         return result
+
+
+def link_counters(sinks: Sequence[Any]) -> Dict[str, Dict[str, Any]]:
+    """{link name: the sink's counters()} for every sink in `sinks` with a link."""
+    result = {}
+    for sink in sinks:
+        name = getattr(sink, "link_name", None)
+        if name and hasattr(sink, "counters"):
+            result[str(name)] = dict(sink.counters())
+    return result

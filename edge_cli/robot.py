@@ -52,6 +52,13 @@ def run_command(
         help="Serve Prometheus metrics at http://HOST:PORT/metrics (and at /metrics of --preview); "
         "needs the monitoring extra (prometheus-client).",
     ),
+    mqtt: Optional[str] = typer.Option(
+        None,
+        "--mqtt",
+        help="Publish detections to TOPIC/detections and status events to TOPIC/status of an MQTT broker, "
+        "QoS 1: mqtt://HOST[:PORT]/TOPIC[?queue=N] (N messages kept while the broker is away, default 1000; "
+        "the oldest are dropped and counted). Needs the monitoring extra (paho-mqtt).",
+    ),
     record: Optional[Path] = typer.Option(
         None,
         "--record",
@@ -150,6 +157,7 @@ def run_command(
         serial_mode=serial_mode,
         preview=preview,
         metrics=metrics,
+        mqtt=mqtt,
         record=str(record) if record else None,
         jsonl=jsonl,
         coco_results=str(coco_results) if coco_results else None,

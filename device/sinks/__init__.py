@@ -1,5 +1,5 @@
 """The runtime's outputs: serial (to the robot controller), JSON lines, annotated recording, live
-preview, COCO results.
+preview, COCO results, MQTT.
 
 Every sink has `write(frame, detections, stats)` (returns at once: I/O happens on the sink's own
 thread behind a bounded, latest-only or drop-counting queue, or is kept for `close()`), `close()`
@@ -8,9 +8,9 @@ thread behind a bounded, latest-only or drop-counting queue, or is kept for `clo
 
 `stats` keys (any may be missing): fps, latency_ms_p50, latency_ms_p99, dropped_frames, frames,
 source_state ("ok" | "reconnecting" | "stale" | "ended"), temperatures ({name: deg C}), gpu_load
-(0-100 or None).
+(0-100 or None), links ({"serial" | "mqtt": {"connected", counts...}}, see device/status.py).
 
-cv2 and pyserial are imported inside the sinks that use them, not when this package is imported.
+cv2, pyserial and paho-mqtt are imported inside the sinks that use them, not when this package is imported.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def open_sinks(
     lossless: bool = False,
     run_status: Optional[Any] = None,
     metrics: Optional[Callable[[], Tuple[bytes, str]]] = None,
+    mqtt: Optional[str] = None,
 ) -> List[Sink]:
     """Open the sinks asked for; on any failure close those already open and raise SinkError.
 
@@ -51,6 +52,7 @@ def open_sinks(
     coco_results: COCO results JSON written at the end, ids from the COCO ground truth `coco_gt` when given.
     lossless: the JSON lines and recording sinks wait for room instead of dropping (files and
     folders, where every frame is kept).
+    mqtt: "mqtt://HOST[:PORT]/TOPIC" of a broker (device/sinks/mqtt.py); it reports the other sinks' links.
     """
     sinks: List[Sink] = []
     try:
@@ -74,6 +76,13 @@ def open_sinks(
             from .coco_results import CocoResultsSink
 
             sinks.append(CocoResultsSink(coco_results, classes=classes, gt=coco_gt))
+        if mqtt:
+            from .mqtt import MqttSink
+
+            bundle = run_status.info() if run_status is not None else None
+            publisher = MqttSink(mqtt, classes=classes, bundle=bundle)
+            sinks.append(publisher)
+            publisher.watch(sinks)
     except BaseException:
         close_all(sinks)
         raise

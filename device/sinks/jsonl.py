@@ -60,6 +60,28 @@ def jsonable(value):
     return str(value)
 
 
+def frame_record(frame, detections, stats: dict, classes: Sequence[str] = ()) -> dict:
+    """A frame line of the schema above (a dict ready for json.dumps, no NaN)."""
+    return {
+        "event": "frame",
+        "frame_id": int(detections.frame_id),
+        "timestamp": float(detections.timestamp),
+        "source_id": frame.source_id,
+        "source_name": frame.source_name or None,
+        "width": frame.width,
+        "height": frame.height,
+        "detections": detections_to_json(detections, classes),
+        "stats": jsonable(stats or {}),
+    }
+
+
+def status_record(state: str, message: str, **extra) -> dict:
+    """A status line of the schema above; `extra` adds fields (JSON-able values)."""
+    record = {"event": "status", "timestamp": time.monotonic(), "state": str(state), "message": str(message)}
+    record.update(jsonable(extra))
+    return record
+
+
 class JsonlSink:
     """Writes JSON lines to `path` (a file, appended) or "-" (stdout)."""
 
@@ -87,21 +109,10 @@ class JsonlSink:
         self._thread.start()
 
     def write(self, frame, detections, stats: dict) -> None:
-        record = {
-            "event": "frame",
-            "frame_id": int(detections.frame_id),
-            "timestamp": float(detections.timestamp),
-            "source_id": frame.source_id,
-            "source_name": frame.source_name or None,
-            "width": frame.width,
-            "height": frame.height,
-            "detections": detections_to_json(detections, self.classes),
-            "stats": jsonable(stats or {}),
-        }
-        self._put(record)
+        self._put(frame_record(frame, detections, stats, self.classes))
 
     def status(self, state: str, message: str) -> None:
-        self._put({"event": "status", "timestamp": time.monotonic(), "state": str(state), "message": str(message)})
+        self._put(status_record(state, message))
 
     def _put(self, record: dict) -> None:
         if self._closed:
