@@ -1,4 +1,5 @@
-"""Flash a bundle to many robots over OpenSSH: copy it, run `edge-sdk install` there, report.
+"""Flash a bundle to many robots over OpenSSH (copy it, run `edge-sdk install` there, report), and
+read many robots' `edge-sdk status --json` the same way (`fleet_status`).
 
 A target is ``[user@]host[:port][/remote/root]`` (IPv6 hosts in brackets: ``user@[::1]:22``); the
 path, when given, is that robot's install root (``--root`` of the remote install), overriding the
@@ -26,11 +27,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from edge_sdk.errors import InstallError
 
 OUTCOMES_OK = ("installed", "skipped")
+T = TypeVar("T")
 SSH_FAILURE = 255
 _TARGET = re.compile(
     r"^(?:(?P<user>[^@/\s]+)@)?(?P<host>\[[^\]/\s]+\]|[^:@/\s\[\]]+)(?::(?P<port>\d+))?(?P<root>/\S*)?$"
@@ -181,9 +183,9 @@ def _ssh(
     return result
 
 
-def _remote(plan: FlashPlan, target: Target, *words: str) -> str:
-    command = shlex.split(plan.remote_command) + list(words)
-    root = target.root or plan.remote_root
+def _remote(remote_command: str, root: Optional[str], *words: str) -> str:
+    """The shell command line running `remote_command words... [--root root]` on a robot."""
+    command = shlex.split(remote_command) + list(words)
     if root:
         command += ["--root", root]
     return " ".join(shlex.quote(word) for word in command)
@@ -203,7 +205,12 @@ def flash_robot(
 
 def _flash_robot(plan: FlashPlan, target: Target, options: SshOptions, step: Callable[[str], None]) -> Tuple[str, str]:
     step("checking")
-    listed = _ssh(target, options, _remote(plan, target, "list", "--json"), timeout=options.connect_timeout + 120)
+    listed = _ssh(
+        target,
+        options,
+        _remote(plan.remote_command, target.root or plan.remote_root, "list", "--json"),
+        timeout=options.connect_timeout + 120,
+    )
     if listed.returncode != 0:
         raise _StepFailed(
             "failed",
@@ -232,7 +239,9 @@ def _flash_robot(plan: FlashPlan, target: Target, options: SshOptions, step: Cal
         )
 
     step("installing")
-    install = _remote(plan, target, "install", remote_file, *plan.install_args) + " --json"
+    install = _remote(
+        plan.remote_command, target.root or plan.remote_root, "install", remote_file, *plan.install_args, "--json"
+    )
     command = "{}; status=$?; rm -f {}; exit $status".format(install, shlex.quote(remote_file))
     installed = _ssh(target, options, command)
     if installed.returncode != 0:
@@ -248,6 +257,14 @@ def _flash_robot(plan: FlashPlan, target: Target, options: SshOptions, step: Cal
     return "installed", _last_line(installed.stdout)
 
 
+def for_each_robot(targets: Sequence[Target], parallel: int, work: Callable[[Target], T]) -> List[T]:
+    """work(target) for every target, at most `parallel` at a time; results in the order of `targets`."""
+    if parallel < 1:
+        raise InstallError("--parallel must be at least 1, got {}".format(parallel))
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(work, targets))
+
+
 def flash(
     plan: FlashPlan,
     targets: Sequence[Target],
@@ -257,13 +274,54 @@ def flash(
     on_done: Callable[[RobotResult], None] = lambda r: None,
 ) -> List[RobotResult]:
     """Flash every target, at most `parallel` at a time; results in the order of `targets`."""
-    if parallel < 1:
-        raise InstallError("--parallel must be at least 1, got {}".format(parallel))
 
     def one(target: Target) -> RobotResult:
         result = flash_robot(plan, target, options, lambda s: on_step(target, s))
         on_done(result)
         return result
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return list(pool.map(one, targets))
+    return for_each_robot(targets, parallel, one)
+
+
+@dataclass
+class RobotStatus:
+    """`edge-sdk status --json` of one robot (device.robot_status.robot_status), or why it could not be read.
+
+    outcome: "ok", "unreachable" (ssh could not connect or log in) or "failed"; detail: one line."""
+
+    target: Target
+    outcome: str
+    status: Optional[Dict[str, Any]] = None
+    detail: str = ""
+
+
+def robot_status(
+    target: Target, options: SshOptions, remote_command: str = "edge-sdk", remote_root: Optional[str] = None
+) -> RobotStatus:
+    """One ssh command on the robot: `edge-sdk status --json`; never raises for a robot problem."""
+    command = _remote(remote_command, target.root or remote_root, "status", "--json")
+    try:
+        result = _ssh(target, options, command, timeout=options.connect_timeout + 60)
+    except _StepFailed as exc:
+        return RobotStatus(target, exc.outcome, detail=exc.detail)
+    if result.returncode != 0:
+        reason = _last_line(result.stderr) or "exit {}".format(result.returncode)
+        return RobotStatus(target, "failed", detail="`edge-sdk status` on the robot failed: " + reason)
+    try:
+        doc = json.loads(result.stdout)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return RobotStatus(target, "failed", detail="`edge-sdk status --json` on the robot printed no JSON object")
+    return RobotStatus(target, "ok", doc)
+
+
+def fleet_status(
+    targets: Sequence[Target],
+    options: SshOptions,
+    remote_command: str = "edge-sdk",
+    remote_root: Optional[str] = None,
+    parallel: int = 16,
+) -> List[RobotStatus]:
+    """robot_status of every target, at most `parallel` at a time, in the order of `targets`."""
+    return for_each_robot(targets, parallel, lambda t: robot_status(t, options, remote_command, remote_root))

@@ -335,7 +335,7 @@ def run(
             status.pipeline = pipeline
             if stop_requested.is_set():
                 pipeline.stop()
-            return _drive(pipeline, options, notifier, sinks, log)
+            return _drive(pipeline, options, notifier, _runtime_status_file(options, bundle, log), log)
         finally:
             notifier.notify(STOPPING=1, STATUS="stopping")
             errors = []
@@ -387,8 +387,18 @@ def _open_run_source(spec: Any, options: RunOptions, notifier: SystemdNotifier, 
     )
 
 
+def _runtime_status_file(options: RunOptions, bundle: Any, log: Callable[[str], None]) -> Any:
+    """The store's runtime.json, which `edge-sdk status` (and so `fleet status`) reads."""
+    from device.robot_status import RuntimeStatusFile
+    from device.store import DEFAULT_ROOT
+
+    manifest = bundle.manifest
+    described = {"name": manifest.name, "version": manifest.version, "sha256": bundle.sha256}
+    return RuntimeStatusFile(options.root or DEFAULT_ROOT, described, log)
+
+
 def _drive(
-    pipeline: Any, options: RunOptions, notifier: SystemdNotifier, sinks: Sequence[Any], log: Callable[[str], None]
+    pipeline: Any, options: RunOptions, notifier: SystemdNotifier, status_file: Any, log: Callable[[str], None]
 ) -> Dict[str, Any]:
     status_line = StatusLine()
     ping_every = watchdog_interval()
@@ -406,9 +416,11 @@ def _drive(
             notifier.notify(WATCHDOG=1)
         if now - state["last_status"] >= 1.0:
             state["last_status"] = now
-            text = status_text(p.stats(max_age=0.5))
+            stats = p.stats(max_age=0.5)
+            text = status_text(stats)
             notifier.notify(STATUS=text)
             status_line.update(text)
+            status_file.update(stats)
 
     stats = pipeline.run(max_frames=options.max_frames, on_frame=on_frame)
     status_line.finish("stopped: " + status_text(stats))

@@ -1,4 +1,4 @@
-"""Robot commands: `run`, `bench`, `doctor`, `install`, `rollback`, `list` and `service install`."""
+"""Robot commands: `run`, `bench`, `doctor`, `install`, `rollback`, `list`, `status` and `service install`."""
 
 from __future__ import annotations
 
@@ -367,6 +367,22 @@ def list_command(
     Console().print(table)
 
 
+def status_command(
+    root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object."),
+) -> None:
+    """This robot at a glance: active bundle and its health record, `systemctl is-active edge-sdk`, uptime,
+    and the age of the last frame the runtime processed (from the runtime.json it keeps in the store)."""
+    from device.robot_status import robot_status, status_cells
+
+    doc = robot_status(root)
+    if as_json:
+        typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    for key, value in status_cells(doc).items():
+        typer.echo("{:<11} {}".format(key + ":", value))
+
+
 service_app = typer.Typer(help="Run edge-sdk as a systemd service on the robot.", no_args_is_help=True)
 
 
@@ -463,4 +479,5 @@ def register(app: typer.Typer) -> None:
     app.command("install")(install_command)
     app.command("rollback")(rollback_command)
     app.command("list")(list_command)
+    app.command("status")(status_command)
     app.add_typer(service_app, name="service")

@@ -18,18 +18,9 @@ import pytest
 from device.flash import Target, parse_target
 from device.install import list_versions
 from edge_sdk.errors import InstallError
-from tests.e2e.sshd_fixture import free_port, missing_tools, running_sshd
+from tests.e2e.sshd_fixture import free_port
 
 REMOTE_EDGE_SDK = Path(sys.executable).parent / "edge-sdk"
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    reason = missing_tools()
-    if reason is not None:
-        pytest.skip(reason)
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
 
 
 def robot_root(folder: Path, compute_capability: str) -> Path:
