@@ -28,6 +28,7 @@ class Detector:
     precision / device / dla_core / threads / cache_root: see `device.predictor.plan`.
     class_ids: keep only these classes (None: all).
     log: receives the plan's notes and the engine-build notice (None: silent).
+    plan_options: a `device.predictor.PlanOptions` instead of precision ... cache_root.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class Detector:
         environment: Any = None,
         log: Optional[Callable[[str], None]] = None,
         trusted_keys: Any = None,
+        plan_options: Any = None,
     ) -> None:
         from device import predictor as predictor_module
 
@@ -57,16 +59,10 @@ class Detector:
         self.class_ids = None if class_ids is None else tuple(int(c) for c in class_ids)
         env = environment if environment is not None else predictor_module.probe_environment()
         try:
-            self.plan = predictor_module.plan(
-                self.manifest,
-                env,
-                precision=precision,
-                device=device,
-                dla_core=dla_core,
-                threads=threads,
-                cache_root=cache_root,
-                bundle_sha256=getattr(bundle, "sha256", None),
+            options = plan_options or predictor_module.PlanOptions(
+                precision, device, dla_core, threads, None if cache_root is None else str(cache_root)
             )
+            self.plan = predictor_module.plan_for(self.manifest, env, options, getattr(bundle, "sha256", None))
             self.predictor = predictor_module.apply_plan(
                 self.plan, (bundle.path_of(MODEL_PROGRAM), bundle.path_of(MODEL_PARAMS)), log
             )

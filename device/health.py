@@ -34,13 +34,15 @@ NO_GOLDEN_CHECK = "loaded (no golden check)"
 
 @dataclass
 class HealthReport:
-    """Outcome of the health check. checks: name -> one-line result; fps: frames per second (detect)."""
+    """Outcome of the health check. checks: name -> one-line result; fps: frames per second (detect);
+    engine: the TensorRT engine the check built or loaded (key, folder, plan), None without TensorRT."""
 
     passed: bool = True
     reason: str = ""
     checks: Dict[str, str] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
     fps: Optional[float] = None
+    engine: Optional[Dict[str, str]] = None
 
     def fail(self, check: str, reason: str) -> HealthReport:
         self.passed = False
@@ -55,6 +57,7 @@ class HealthReport:
             "checks": self.checks,
             "warnings": self.warnings,
             "fps": self.fps,
+            "engine": self.engine,
         }
 
     @classmethod
@@ -66,6 +69,7 @@ class HealthReport:
             dict(doc.get("checks") or {}),
             list(doc.get("warnings") or []),
             doc.get("fps"),
+            doc.get("engine"),
         )
 
     def verdict(self) -> str:
@@ -85,6 +89,8 @@ class HealthSettings:
     this of the threshold may be missing on either side without counting.
     max_miss_fraction: allowed fraction of unmatched boxes (golden or robot) over all images.
     min_fps: minimum detect() frames per second over fps_frames frames (0: measured, not required).
+    device, precision, dla_core, threads, engine_cache: the predictor options of `edge-sdk run` (see
+    device.predictor.PlanOptions), so that on a GPU the check builds and caches the engine `run` loads.
     Defaults per precision (`device.golden.PRECISION_TOLERANCES`): fp32 0.9 / 0.05 / 10%,
     fp16 0.8 / 0.1 / 20%, int8 0.5 / 0.25 / 34%.
     """
@@ -95,6 +101,16 @@ class HealthSettings:
     min_fps: float = 0.0
     fps_frames: int = DEFAULT_FPS_FRAMES
     device: str = "auto"
+    precision: Optional[str] = None
+    dla_core: Optional[int] = None
+    threads: Optional[int] = None
+    engine_cache: Optional[str] = None
+
+    def plan_options(self) -> Any:
+        """The predictor options the check loads the model with: those the service's `run` will use."""
+        from device.predictor import PlanOptions
+
+        return PlanOptions(self.precision, self.device, self.dla_core, self.threads, self.engine_cache)
 
     @classmethod
     def for_precision(cls, *precisions: str, **fields: Any) -> HealthSettings:
@@ -139,9 +155,12 @@ def health_check(bundle: ModelFiles, settings: HealthSettings, log: Log = _quiet
 
     started = time.perf_counter()
     try:
-        detector = Detector(bundle, device=settings.device)
+        detector = Detector(bundle, plan_options=settings.plan_options(), log=log)
     except Exception as exc:  # any failure to build the predictor fails the health check
         return report.fail("load", "the model does not load: {}".format(one_line(exc)))
+    if detector.plan.use_tensorrt:
+        plan = detector.plan
+        report.engine = {"key": plan.cache_key, "folder": str(plan.engine_cache_dir), "plan": plan.describe()}
     report.checks["load"] = "ok ({:.1f} s, {})".format(time.perf_counter() - started, detector.plan.device)
     log("health: model loaded")
     settings = settings.resolved(bundle.manifest.precision, detector.plan.precision)
@@ -199,11 +218,19 @@ def health_check(bundle: ModelFiles, settings: HealthSettings, log: Log = _quiet
     return report
 
 
-def health_check_isolated(folder: Path, settings: HealthSettings, timeout: float = 1800.0) -> HealthReport:
+STATUS_PREFIX = "status: "
+"""Marks the child's progress lines on its stderr (`health_check_isolated` passes them to its log)."""
+
+
+def health_check_isolated(
+    folder: Path, settings: HealthSettings, timeout: float = 1800.0, log: Log = _quiet
+) -> HealthReport:
     """`health_check` of an installed version in a child process, so that a model that crashes
-    Paddle (a segfault, an abort in TensorRT) fails the check instead of killing the installer."""
+    Paddle (a segfault, an abort in TensorRT) fails the check instead of killing the installer.
+    log: receives the child's progress as it happens (e.g. that the TensorRT engine is being built)."""
     import subprocess
     import sys
+    import threading
     from dataclasses import asdict
 
     command = [
@@ -215,18 +242,40 @@ def health_check_isolated(folder: Path, settings: HealthSettings, timeout: float
     ]
     env = dict(os.environ)
     env.pop("EDGE_SDK_CRASH_AT", None)
+    child = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    timer = threading.Timer(timeout, child.kill)
+    timer.start()
+    stdout = []  # type: List[str]
+    reader = threading.Thread(target=lambda: stdout.append(child.stdout.read()), daemon=True)
+    reader.start()
+    stderr = []  # type: List[str]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
+        for line in child.stderr:
+            if line.startswith(STATUS_PREFIX):
+                log(line[len(STATUS_PREFIX) :].rstrip("\n"))
+            else:
+                stderr.append(line)
+        returncode = child.wait()
+        reader.join()
+    finally:
+        timed_out = not timer.is_alive()
+        timer.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if timed_out:
         return HealthReport().fail("health", "the health check took longer than {:g} s".format(timeout))
-    if done.returncode < 0:
-        return HealthReport().fail("load", "the model crashed the health check (signal {})".format(-done.returncode))
+    if returncode < 0:
+        return HealthReport().fail("load", "the model crashed the health check (signal {})".format(-returncode))
     try:
-        doc = json.loads(done.stdout.strip().splitlines()[-1])
+        doc = json.loads("".join(stdout).strip().splitlines()[-1])
     except (ValueError, IndexError):
-        tail = [line for line in done.stderr.splitlines() if line.strip()]
+        tail = [line for line in stderr if line.strip()]
         return HealthReport().fail(
-            "health", "the health check failed: {}".format(tail[-1] if tail else "exit {}".format(done.returncode))
+            "health",
+            "the health check failed: {}".format(tail[-1].strip() if tail else "exit {}".format(returncode)),
         )
     return HealthReport.from_dict(doc)
 
@@ -247,7 +296,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     folder, settings_json = sys.argv[1:] if argv is None else argv
     try:
         settings = HealthSettings(**json.loads(settings_json))
-        print(json.dumps(health_check(InstalledBundle(Path(folder)), settings).to_dict()))
+        report = health_check(
+            InstalledBundle(Path(folder)), settings, lambda m: print(STATUS_PREFIX + m, file=sys.stderr, flush=True)
+        )
+        print(json.dumps(report.to_dict()))
     except EdgeSdkError as exc:
         print("error: {}".format(exc), file=sys.stderr)
         return exc.exit_code

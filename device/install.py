@@ -299,7 +299,7 @@ def _health_gate(store: Store, journal: Dict[str, Any], bundle: Any, health: Hea
     dirname = journal["target"]
     try:
         log("health check of {}".format(dirname))
-        report = health_check_isolated(store.version_dir(dirname), health)
+        report = health_check_isolated(store.version_dir(dirname), health, log=log)
     except Exception as exc:
         report = HealthReport().fail("health", str(exc) if isinstance(exc, EdgeSdkError) else one_line(exc))
     if not report.passed:
@@ -318,6 +318,11 @@ def _health_gate(store: Store, journal: Dict[str, Any], bundle: Any, health: Hea
                 manifest.name, manifest.version, report.reason, restored
             )
         )
+    if report.engine is not None:
+        from device.predictor import hand_over_engine_cache
+        from device.service import installed_unit_user
+
+        hand_over_engine_cache(Path(report.engine["folder"]), installed_unit_user())
     return report
 
 

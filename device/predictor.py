@@ -159,6 +159,69 @@ def engine_cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the user asked of the predictor: `edge-sdk run`'s --precision, --device, --dla, --threads and
+    --engine-cache, which the install health check is given too so that it builds the engine `run` loads.
+    cache_root: engine cache folder (None: `default_cache_root()`)."""
+
+    precision: Optional[str] = None
+    device: str = "auto"
+    dla_core: Optional[int] = None
+    threads: Optional[int] = None
+    cache_root: Optional[str] = None
+
+
+def plan_for(
+    manifest: Manifest, environment: Environment, options: PlanOptions, bundle_sha256: Optional[str]
+) -> PredictorPlan:
+    """`plan` with `options`: the one call the runtime's and the install health check's Detector make."""
+    return plan(
+        manifest,
+        environment,
+        precision=options.precision,
+        device=options.device,
+        dla_core=options.dla_core,
+        threads=options.threads,
+        cache_root=None if options.cache_root is None else Path(options.cache_root),
+        bundle_sha256=bundle_sha256,
+    )
+
+
+def install_cache_root(environ: Dict[str, str], running_as_root: bool) -> Optional[str]:
+    """The engine cache the install health check builds into: the one the service's `run` uses
+    ($EDGE_SDK_ENGINE_CACHE, which the unit sets to SYSTEM_CACHE_ROOT), SYSTEM_CACHE_ROOT for an
+    installer running as root (sudo drops the variable), else None (`default_cache_root()`, like `run`)."""
+    if environ.get(CACHE_ENV_VAR):
+        return environ[CACHE_ENV_VAR]
+    return SYSTEM_CACHE_ROOT if running_as_root else None
+
+
+def engine_cache_handover(
+    folders: List[Path], files: List[Path], service_user: Optional[str], running_as_root: bool
+) -> List[Tuple[Path, str, int]]:
+    """(path, owner, mode) changes that make an engine the installer built usable by the service's user:
+    the engine folder and its subfolders 0755 (`run` writes a probe file there), its files 0644, all owned
+    by the user. Nothing when the installer is not root (it cannot chown, and it is then the one who
+    runs `edge-sdk run`) or when no service user is known."""
+    if not running_as_root or not service_user:
+        return []
+    return [(path, service_user, 0o755) for path in folders] + [(path, service_user, 0o644) for path in files]
+
+
+def hand_over_engine_cache(engine_dir: Path, service_user: Optional[str]) -> None:
+    """Apply `engine_cache_handover` to `engine_dir` and everything in it."""
+    import shutil
+
+    folders, files = [Path(engine_dir)], []  # type: List[Path], List[Path]
+    for top, dirnames, filenames in os.walk(str(engine_dir)):
+        folders += [Path(top) / name for name in dirnames]
+        files += [Path(top) / name for name in filenames]
+    for path, owner, mode in engine_cache_handover(folders, files, service_user, os.geteuid() == 0):
+        shutil.chown(str(path), user=owner)
+        os.chmod(str(path), mode)
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "bundle"
 

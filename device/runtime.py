@@ -168,6 +168,12 @@ class RunOptions:
     metrics: Optional[str] = None
     mqtt: Optional[str] = None
 
+    def plan_options(self) -> Any:
+        """The predictor options of this run (device.predictor.PlanOptions)."""
+        from device.predictor import PlanOptions
+
+        return PlanOptions(self.precision, self.device, self.dla_core, self.threads, self.engine_cache or None)
+
 
 def store_trusted_keys(root: Optional[str] = None) -> Optional[Path]:
     """The store's keys/ folder when it holds public keys: a --bundle FILE must then be signed by one."""
@@ -311,16 +317,7 @@ def run(
                 metrics = RunMetrics(status, options.metrics)
                 log("metrics on http://{}:{}/metrics".format(metrics.host, metrics.port))
             notifier.notify(STATUS="building the predictor")
-            detector = Detector(
-                bundle,
-                precision=options.precision,
-                device=options.device,
-                threads=options.threads,
-                dla_core=options.dla_core,
-                cache_root=Path(options.engine_cache) if options.engine_cache else None,
-                class_ids=class_ids,
-                log=log,
-            )
+            detector = Detector(bundle, plan_options=options.plan_options(), class_ids=class_ids, log=log)
             signals.install()
             log("predictor: {}".format(detector.plan.describe()))
             status.plan = detector.plan

@@ -141,6 +141,23 @@ def _write_unit(path: str, text: str) -> None:
         ) from None
 
 
+def unit_user(text: str) -> Optional[str]:
+    """The User= of a unit file's text (as `render_unit` writes it), None without one."""
+    for line in text.splitlines():
+        if line.startswith("User="):
+            return line[len("User=") :].strip().replace("%%", "%") or None
+    return None
+
+
+def installed_unit_user(unit_dir: str = DEFAULT_UNIT_DIR) -> Optional[str]:
+    """The user the installed edge-sdk.service runs as, None when there is no unit (or it is unreadable)."""
+    try:
+        with open(os.path.join(unit_dir, UNIT_NAME), encoding="utf-8") as f:
+            return unit_user(f.read())
+    except OSError:
+        return None
+
+
 def default_executable() -> Optional[str]:
     """Absolute path of the `edge-sdk` on PATH, if any."""
     return shutil.which("edge-sdk")

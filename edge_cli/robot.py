@@ -271,13 +271,36 @@ def install_command(
         3, "--keep", min=0, max=100, help="Old versions kept besides the active one (the oldest are pruned)."
     ),
     device: str = typer.Option("auto", "--device", help="Health check predictor device: auto, cpu or gpu."),
+    precision: Optional[str] = typer.Option(
+        None,
+        "--precision",
+        help="Health check precision: give the service's `run --precision` (default: the bundle's).",
+    ),
+    dla: Optional[int] = typer.Option(
+        None, "--dla", min=0, max=1, help="Health check on DLA core 0 or 1: give the service's `run --dla`."
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, max=_MAX_THREADS, help="Health check CPU threads: give the service's `run --threads`."
+    ),
+    engine_cache: Optional[str] = typer.Option(
+        None,
+        "--engine-cache",
+        help="Where the health check builds the TensorRT engine the service loads "
+        "(default: $EDGE_SDK_ENGINE_CACHE, else /var/cache/edge-sdk/engines when run as root).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for `edge-sdk flash`)."),
 ) -> None:
-    """Verify a bundle, switch to it, health-check it and commit; restore the previous version on failure."""
+    """Verify a bundle, switch to it, health-check it and commit; restore the previous version on failure.
+
+    On a GPU the health check builds and caches the TensorRT engine `edge-sdk run` will load (give it
+    the service's --precision/--dla/--threads), owned by the installed service's user."""
+    import os
+
     from rich.console import Console
 
     from device.health import HealthSettings
     from device.install import install_bundle
+    from device.predictor import install_cache_root
 
     console = Console(stderr=True)
     with console.status("installing {}".format(file.name)) as status:
@@ -286,7 +309,15 @@ def install_command(
             root,
             trusted_keys,
             allow_downgrade,
-            health=HealthSettings(min_fps=min_fps, fps_frames=fps_frames, device=device),
+            health=HealthSettings(
+                min_fps=min_fps,
+                fps_frames=fps_frames,
+                device=device,
+                precision=precision,
+                dla_core=dla,
+                threads=threads,
+                engine_cache=engine_cache or install_cache_root(dict(os.environ), os.geteuid() == 0),
+            ),
             keep=keep,
             log=lambda message: status.update(message),
         )
@@ -304,6 +335,7 @@ def install_command(
             "dir": result.dirname,
             "summary": result.summary(),
             "health": None if result.health is None else result.health.to_dict(),
+            "engine_key": None if result.health is None or not result.health.engine else result.health.engine["key"],
             "pruned": result.pruned,
         }
         typer.echo(json.dumps(doc, sort_keys=True))
