@@ -1,7 +1,8 @@
 """What a robot is doing, for `edge-sdk status` and the workstation's `edge-sdk fleet status`.
 
-The running runtime leaves `runtime.json` in the store root (see device.store), rewritten
-atomically every few seconds while `edge-sdk run` is alive::
+The running runtime leaves `runtime/status.json` in the store root (see device.store; a folder of
+its own, so the store's recovery never meets its temp files and the service's user needs write
+access there only), rewritten atomically every few seconds while `edge-sdk run` is alive::
 
     {"pid": 1234, "started_at": 1764771200.0, "updated_at": 1764771260.0,
      "last_frame_at": 1764771259.9, "frames": 912, "fps": 15.1,
@@ -24,15 +25,16 @@ from typing import Any, Callable, Dict, Optional
 
 from edge_sdk.fileio import atomic_write_text
 
-RUNTIME_FILE = "runtime.json"
+RUNTIME_DIR = "runtime"
+RUNTIME_FILE = RUNTIME_DIR + "/status.json"
 WRITE_EVERY_S = 5.0
 SERVICE = "edge-sdk"
 
 
 class RuntimeStatusFile:
-    """The runtime's side: `update(stats)` after each frame rewrites root/runtime.json at most every
-    `every` seconds. stats: Pipeline.stats() (frames, fps, last_frame_age_s in s). A store root that
-    does not exist or cannot be written is reported once through `log` and then left alone."""
+    """The runtime's side: `update(stats)` after each frame rewrites root/runtime/status.json at most
+    every `every` seconds. stats: Pipeline.stats() (frames, fps, last_frame_age_s in s). Nothing is
+    written when the store root does not exist; a failed write is reported once through `log`."""
 
     def __init__(
         self, root: Any, bundle: Dict[str, str], log: Callable[[str], None], every: float = WRITE_EVERY_S
@@ -44,6 +46,7 @@ class RuntimeStatusFile:
         self.started_at = time.time()
         self._last_write = None  # type: Optional[float]
         self._enabled = Path(root).is_dir()
+        self._warned = False
 
     def update(self, stats: Dict[str, Any]) -> None:
         now = time.monotonic()
@@ -62,14 +65,16 @@ class RuntimeStatusFile:
             "bundle": self.bundle,
         }
         try:
+            self.path.parent.mkdir(exist_ok=True)
             atomic_write_text(self.path, json.dumps(doc, sort_keys=True))
         except OSError as exc:
-            self._enabled = False
-            self.log("not writing {}: {}".format(self.path, exc.strerror or exc))
+            if not self._warned:
+                self._warned = True
+                self.log("cannot write {}: {}".format(self.path, exc.strerror or exc))
 
 
 def read_runtime(root: Any, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
-    """root/runtime.json with ages added (uptime_s, updated_age_s, last_frame_age_s), or None."""
+    """root/runtime/status.json with ages added (uptime_s, updated_age_s, last_frame_age_s), or None."""
     from device.store import read_json
 
     doc = read_json(Path(root) / RUNTIME_FILE)

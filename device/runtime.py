@@ -385,7 +385,7 @@ def _open_run_source(spec: Any, options: RunOptions, notifier: SystemdNotifier, 
 
 
 def _runtime_status_file(options: RunOptions, bundle: Any, log: Callable[[str], None]) -> Any:
-    """The store's runtime.json, which `edge-sdk status` (and so `fleet status`) reads."""
+    """The store's runtime/status.json, which `edge-sdk status` (and so `fleet status`) reads."""
     from device.robot_status import RuntimeStatusFile
     from device.store import DEFAULT_ROOT
 

@@ -13,7 +13,7 @@ Layout (everything under one root, default /var/lib/edge-sdk)::
     history.jsonl                       one JSON line per install, refusal, failure, rollback, recovery
     keys/                               trusted public keys (*.pem, *.pub)
     robot.json                          optional description of this robot (see device.robot)
-    runtime.json                        what the running `edge-sdk run` last reported (see device.robot_status)
+    runtime/status.json                 what the running `edge-sdk run` last reported (see device.robot_status)
     lock                                flock(2) held by the process changing the store
 
 Every change is made so that a power cut at any instant leaves the active pointer on the old or

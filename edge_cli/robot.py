@@ -404,7 +404,7 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object."),
 ) -> None:
     """This robot at a glance: active bundle and its health record, `systemctl is-active edge-sdk`, uptime,
-    and the age of the last frame the runtime processed (from the runtime.json it keeps in the store)."""
+    and the age of the last frame the runtime processed (from the runtime/status.json it keeps in the store)."""
     from device.robot_status import robot_status, status_cells
 
     doc = robot_status(root)

@@ -1,4 +1,4 @@
-"""device.robot_status: the runtime.json the runtime leaves in the store and how `edge-sdk status` reads it."""
+"""device.robot_status: the runtime/status.json the runtime leaves in the store and how `edge-sdk status` reads it."""
 
 from __future__ import annotations
 
@@ -25,6 +25,16 @@ def test_a_runtime_without_frames_yet(tmp_path):
     doc = read_runtime(tmp_path)
     assert doc["last_frame_age_s"] is None
     assert status_cells({"runtime": doc})["last frame"] == "none yet"
+
+
+def test_recovery_of_the_store_does_not_touch_the_runtime_folder(tmp_path):
+    """The store's recovery removes temp files it finds in the root: the runtime's are not there."""
+    from device.store import recover
+
+    RuntimeStatusFile(tmp_path, {}, print).update({"frames": 1, "last_frame_age_s": 0.0})
+    stray = tmp_path / "runtime" / ".status.json.0123456789ab.tmp"
+    stray.write_text("{}")
+    assert recover(tmp_path) == [] and stray.exists()
 
 
 def test_a_missing_store_is_left_alone(tmp_path):
