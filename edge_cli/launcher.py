@@ -22,7 +22,7 @@ LAUNCH_ENV_NAMES = frozenset(
 )  # fmt: skip
 LAUNCH_ENV_PREFIXES = (
     "LC_", "PYTHON", "FLAGS_", "GLOG_", "PADDLE_", "CUDA_", "CUDNN_", "NCCL_", "NVIDIA_", "OMP_", "MKL_",
-    "KMP_", "EDGE_SDK_",
+    "KMP_", "OPENBLAS_", "EDGE_SDK_",
 )  # fmt: skip
 """What the launched processes inherit: locale, Python, Paddle flags, CUDA/NCCL and thread settings."""
 WORKER_LOG_GLOB = "workerlog.*"
