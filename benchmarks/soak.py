@@ -821,14 +821,16 @@ def plot(result: Dict[str, Any], samples: List[Dict[str, Any]], timeline: Timeli
             loc="left",
         )
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=4, loc="lower right")
     axes[-1].set_xlabel("minutes since edge-sdk run started")
     figure.suptitle(
         "edge-sdk run soak, {:g} min: {}".format(
             result["minutes"], "all targets met" if result["passed"] else "targets missed"
         )
     )
-    figure.tight_layout()
+    figure.legend(
+        *axes[0].get_legend_handles_labels(), loc="upper center", ncol=8, fontsize=7, bbox_to_anchor=(0.5, 0.955)
+    )
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
