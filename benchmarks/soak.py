@@ -776,6 +776,7 @@ def plot(result: Dict[str, Any], samples: List[Dict[str, Any]], timeline: Timeli
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     spans = {
         "camera": ("camera unplugged", "tab:red"),
@@ -813,6 +814,8 @@ def plot(result: Dict[str, Any], samples: List[Dict[str, Any]], timeline: Timeli
         row = result[key]
         growth = row["growth"]
         axis.set_ylabel(label)
+        if key != "rss_mb":
+            axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(
             "{}: start {}, after warm-up {}, end {}, growth {}".format(
                 label, _fmt(row["start"]), _fmt(row["warmup"]), _fmt(row["end"]), _fmt(growth)
