@@ -28,6 +28,39 @@ app = typer.Typer(
 )
 
 
+# Recent typer (0.29 here) labels a value by its Python type (`<int range>`, `<list[str]>`, `<bool>` beside a
+# flag); typer 0.20 (Python 3.8's newest) prints click's metavars. Both show click's: INTEGER RANGE, TEXT, none for a flag.
+_CLICK_METAVARS = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "bool": None}
+
+
+def _click_metavar(typer_label: str) -> str | None:
+    """typer's `<int range>` -> "INTEGER RANGE", `<list[str]>` -> "TEXT", `<a|b>` -> "[a|b]", `<bool>` -> None."""
+    label = typer_label.strip("<>")
+    if label.startswith("list[") and label.endswith("]"):
+        label = label[len("list[") : -1]
+    if "|" in label:
+        return "[{}]".format(label)
+    kind, _, suffix = label.partition(" ")
+    if kind in _CLICK_METAVARS and _CLICK_METAVARS[kind] is None:
+        return None
+    return " ".join(filter(None, (_CLICK_METAVARS.get(kind, kind.upper()), suffix.upper())))
+
+
+def _use_click_metavars() -> None:
+    for param_class in (typer.core.TyperArgument, typer.core.TyperOption):
+        typer_display_type = getattr(param_class, "display_type", None)
+        if typer_display_type is None:  # typer 0.20: click renders the metavars itself
+            continue
+
+        def display_type(self: Any, ctx: Any, typer_display_type: Callable[..., str] = typer_display_type) -> Any:
+            return _click_metavar(typer_display_type(self, ctx))
+
+        param_class.display_type = display_type
+
+
+_use_click_metavars()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo("edge-sdk {}".format(edge_sdk.__version__))

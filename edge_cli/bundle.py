@@ -9,7 +9,7 @@ import typer
 
 bundle_app = typer.Typer(
     name="bundle",
-    help="Inspect, verify and sign model bundles (.edgebundle files).",
+    help="Inspect, verify and sign model bundles (.edgebundle files).\n\nExample: edge-sdk bundle inspect m.edgebundle",
     no_args_is_help=True,
 )
 
@@ -127,7 +127,10 @@ def inspect_command(
         None, "--trusted-key", "-k", help="Also require a signature by this public key (file or folder; repeatable)."
     ),
 ) -> None:
-    """Verify a bundle (nothing is written to disk) and show its manifest and files."""
+    """Verify a bundle (nothing is written to disk) and show its manifest and files.
+
+    Example: edge-sdk bundle inspect m.edgebundle
+    """
     import json
 
     from edge_sdk.bundle import inspect_bundle
@@ -152,6 +155,8 @@ def verify_command(
     """Check a bundle completely: safe members, manifest, every file's sha256, signature.
 
     Prints `OK NAME VERSION SHA256 signed-by KEY|unsigned`, or one error line and a non-zero exit.
+
+    Example: edge-sdk bundle verify m.edgebundle --trusted-key keys/fleet.pub
     """
     from edge_sdk.bundle import inspect_bundle
 
@@ -169,7 +174,10 @@ def sign_command(
     ),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the signed bundle here instead of in place."),
 ) -> None:
-    """Verify a bundle and add (or replace) its Ed25519 signature, atomically."""
+    """Verify a bundle and add (or replace) its Ed25519 signature, atomically.
+
+    Example: edge-sdk bundle sign m.edgebundle --key keys/fleet.key
+    """
     from edge_sdk.bundle import inspect_bundle, sign_bundle
     from edge_sdk.signing import load_private_key
 
@@ -195,6 +203,8 @@ def keygen_command(
     """Create an Ed25519 signing key pair: NAME.key (private, mode 0600) and NAME.pub (public).
 
     Give NAME.pub to robots (`--trusted-key`); keep NAME.key secret. Refuses to overwrite.
+
+    Example: edge-sdk keygen --out-dir keys --name fleet
     """
     from edge_sdk.bundle import generate_keypair
     from edge_sdk.errors import BundleError
@@ -220,7 +230,10 @@ def import_ppdet_command(
     version: str = typer.Option("0.1.0", "--version", help="Bundle version."),
     key: Optional[Path] = typer.Option(None, "--key", help="Sign with this Ed25519 private key."),
 ) -> None:
-    """Wrap a PaddleDetection export into a bundle (preprocessing and labels from infer_cfg.yml)."""
+    """Wrap a PaddleDetection export into a bundle (preprocessing and labels from infer_cfg.yml).
+
+    Example: edge-sdk bundle import-ppdet ppdet_export/ --out ppdet.edgebundle
+    """
     from device.ppdet import import_ppdet
 
     written = import_ppdet(export_dir, out, name=name, version=version, signing_key=key)

@@ -10,7 +10,8 @@ import typer
 
 data_app = typer.Typer(
     name="data",
-    help="Datasets: generate the built-in PCB-defect dataset, or summarise a COCO / Pascal VOC dataset.",
+    help="Datasets: generate the built-in PCB-defect dataset, or summarise a COCO / Pascal VOC dataset.\n\n"
+    "Example: edge-sdk data synth --out data/pcb --images 500 --seed 0 --size 256x256",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -47,6 +48,8 @@ def synth(
     Classes: missing_hole, mouse_bite, open_circuit, short, spur, spurious_copper; 1-4 defects per image, 14-40 px at 256x256.
 
     JSON files are written last, so an interrupted run leaves no complete-looking dataset.
+
+    Example: edge-sdk data synth --out data/pcb --images 500 --seed 0 --size 256x256
     """
     from edge_sdk.errors import DataError
 
@@ -82,6 +85,8 @@ def stats_command(
 
     The histogram needs matplotlib (the workstation install); without it the statistics are
     printed and a note says so, and an explicit --plot is an error.
+
+    Example: edge-sdk data stats data/pcb/train.json
     """
     import json
 

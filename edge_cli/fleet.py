@@ -79,7 +79,10 @@ def flash_command(
         False, "--json", help="Print the per-robot results as a JSON list instead of a table."
     ),
 ) -> None:
-    """Copy a bundle to robots over ssh and install it there; one line per robot, exit 1 if any failed."""
+    """Copy a bundle to robots over ssh and install it there; one line per robot, exit 1 if any failed.
+
+    Example: edge-sdk flash m.edgebundle --to edge@robot-07 --to edge@robot-08
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -148,7 +151,10 @@ def flash_command(
         raise typer.Exit(1)
 
 
-fleet_app = typer.Typer(help="Look after many robots at once, over ssh.", no_args_is_help=True)
+fleet_app = typer.Typer(
+    help="Look after many robots at once, over ssh.\n\nExample: edge-sdk fleet status --robots fleet.txt",
+    no_args_is_help=True,
+)
 
 
 @fleet_app.command("status")
@@ -167,7 +173,10 @@ def status_command(
     ),
 ) -> None:
     """Every robot's active bundle, health record, service state, uptime and last-frame age, asked over
-    ssh in parallel (one `edge-sdk status --json` each); exit 1 if any robot could not be read."""
+    ssh in parallel (one `edge-sdk status --json` each); exit 1 if any robot could not be read.
+
+    Example: edge-sdk fleet status --robots fleet.txt
+    """
     from rich.console import Console
     from rich.table import Table
 

@@ -293,7 +293,10 @@ def install_command(
     """Verify a bundle, switch to it, health-check it and commit; restore the previous version on failure.
 
     On a GPU the health check builds and caches the TensorRT engine `edge-sdk run` will load (give it
-    the service's --precision/--dla/--threads), owned by the installed service's user."""
+    the service's --precision/--dla/--threads), owned by the installed service's user.
+
+    Example: sudo edge-sdk install m.edgebundle
+    """
     import os
 
     from rich.console import Console
@@ -346,7 +349,10 @@ def install_command(
 
 
 def rollback_command(root: Path = typer.Option(_DEFAULT_ROOT, "--root", help=_ROOT_HELP)) -> None:
-    """Make the previous good version active again (the current one is kept, marked rolled-back)."""
+    """Make the previous good version active again (the current one is kept, marked rolled-back).
+
+    Example: sudo edge-sdk rollback
+    """
     from device.install import rollback
 
     active, previous = rollback(root)
@@ -359,7 +365,10 @@ def list_command(
 ) -> None:
     """Show installed versions, newest first: active/previous (else the status), bundle, build (sha256
     prefix), install time (UTC), signer key (prefix) and health; fits an 80-column terminal. --json has
-    every field in full."""
+    every field in full.
+
+    Example: edge-sdk list
+    """
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -404,7 +413,10 @@ def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object."),
 ) -> None:
     """This robot at a glance: active bundle and its health record, `systemctl is-active edge-sdk`, uptime,
-    and the age of the last frame the runtime processed (from the runtime/status.json it keeps in the store)."""
+    and the age of the last frame the runtime processed (from the runtime/status.json it keeps in the store).
+
+    Example: edge-sdk status --json
+    """
     from device.robot_status import robot_status, status_cells
 
     doc = robot_status(root)
@@ -415,7 +427,10 @@ def status_command(
         typer.echo("{:<11} {}".format(key + ":", value))
 
 
-service_app = typer.Typer(help="Run edge-sdk as a systemd service on the robot.", no_args_is_help=True)
+service_app = typer.Typer(
+    help="Run edge-sdk as a systemd service on the robot.\n\nExample: sudo edge-sdk service install -- --camera 0 --serial /dev/ttyTHS0",
+    no_args_is_help=True,
+)
 
 
 def doctor(
@@ -432,7 +447,10 @@ def doctor(
     """Check the robot and print a fix for every problem; exits 1 if any check fails.
 
     Checks Python, Paddle (CUDA, TensorRT, kernels for the GPU), JetPack/L4T, cameras, serial ports
-    and dialout membership, the engine cache folder, free disk and the power mode."""
+    and dialout membership, the engine cache folder, free disk and the power mode.
+
+    Example: edge-sdk doctor
+    """
     from device.doctor import FAIL, OK, WARN, diagnose, probe_machine
     from device.predictor import SYSTEM_CACHE_ROOT
 

@@ -215,7 +215,10 @@ def compress_command(
     ),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
-    """Train, prune, distill, quantize and export a YOLOv3 from a recipe (its `stages`), each stage cached in WORKDIR and measured on the val set; writes the bundle and WORKDIR/report.md."""
+    """Train, prune, distill, quantize and export a YOLOv3 from a recipe (its `stages`), each stage cached in WORKDIR and measured on the val set; writes the bundle and WORKDIR/report.md.
+
+    Example: edge-sdk compress recipes/demo.yml --data data/pcb
+    """
     quiet_libraries(verbose)
     workdir = workdir or Path("runs") / recipe.stem
     if gpus:
@@ -229,7 +232,10 @@ def demo_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
-    """Synthesize the PCB-defect data and run recipes/demo.yml on the CPU: train (data-parallel over 2 CPU processes when there are 2 cores), prune, distill, INT8, export; prints the per-stage table (about 18 minutes on 2 cores)."""
+    """Synthesize the PCB-defect data and run recipes/demo.yml on the CPU: train (data-parallel over 2 CPU processes when there are 2 cores), prune, distill, INT8, export; prints the per-stage table (about 18 minutes on 2 cores).
+
+    Example: edge-sdk demo --workdir demo-out
+    """
     quiet_libraries(verbose)
     recipe = DEMO_RECIPE
     if not recipe.is_file():
