@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import signal
 from pathlib import Path
 
 import pytest
+
+# A suite started as a background job (`make test &`) inherits SIGINT ignored, and so would every
+# process its tests start: the Ctrl-C tests need the default, as in a terminal or CI.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import edge_sdk  # noqa: F401  (imports zlib before anything imports paddle)
 
