@@ -189,12 +189,24 @@ def test_tiny_bundle_manifest_and_model(tiny_bundle, tiny_model):
     np.testing.assert_allclose(boxes, ref_boxes.numpy(), rtol=1e-4, atol=1e-2)
 
 
-def test_checked_in_tiny_bundle_is_todays_export(tiny_bundle):
-    """tests/data's tiny bundle (what the robot-side tests use) has today's manifest and member bytes."""
+def test_checked_in_tiny_bundle_is_todays_export(tmp_path):
+    """tests/data's tiny bundle (what the robot-side tests use) has today's manifest and member bytes.
+
+    Exported in a fresh process, as `python -m tests.compress.tiny_export` does: Paddle's generated
+    parameter names (in model.layers.json) count the layers every earlier test of this process built."""
     import dataclasses
 
     from edge_sdk.bundle import open_bundle
     from tests.conftest import TINY_BUNDLE
+
+    tiny_bundle = tmp_path / "tiny-0.1.0.edgebundle"
+    code = "import sys; from tests.compress.tiny_export import *; export_tiny_bundle(build_tiny_model(), sys.argv[1])"
+    subprocess.run(
+        [sys.executable, "-c", code, str(tiny_bundle)],
+        check=True,
+        cwd=str(Path(__file__).resolve().parents[2]),
+        timeout=300,
+    )
 
     def comparable(path):
         with open_bundle(path) as bundle:
