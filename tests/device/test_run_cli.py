@@ -313,30 +313,10 @@ def test_record_writes_the_file_named_and_says_so(tiny_bundle, video, tmp_path):
     capture.release()
 
 
-def test_a_stream_that_never_answers_says_so_while_opening_and_when_it_gives_up(tiny_bundle):
-    import threading
-
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    accepted = []
-
-    def accept_and_stay_silent():
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
-    uri = "rtsp://127.0.0.1:{}/camera".format(server.getsockname()[1])
-    try:
-        result = edge_sdk("run", "--source", uri, "--bundle", str(tiny_bundle), "--open-timeout", "1")
-    finally:
-        server.close()
-        for connection in accepted:
-            connection.close()
-    assert accepted  # it was reached, accepted the connection and never answered
+def test_a_stream_that_never_answers_says_so_while_opening_and_when_it_gives_up(tiny_bundle, silent_stream):
+    uri = silent_stream.uri
+    result = edge_sdk("run", "--source", uri, "--bundle", str(tiny_bundle), "--open-timeout", "1")
+    assert silent_stream.accepted  # it was reached, accepted the connection and never answered
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert "opening {} (gives up after 1 s)".format(uri) in lines

@@ -5,8 +5,6 @@ default; a stream that never answers; and the pure GStreamer pipeline builders."
 from __future__ import annotations
 
 import itertools
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -139,30 +137,11 @@ def test_the_uri_is_parsed_once_into_a_spec(tmp_path):
         open_source(spec)
 
 
-def test_a_stream_that_never_answers_times_out_with_a_clear_message():
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    accepted = []
-
-    def accept_and_stay_silent():
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
-    uri = "rtsp://127.0.0.1:{}/camera".format(server.getsockname()[1])
-    try:
-        with pytest.raises(SourceError) as info:
-            open_source(uri, open_timeout=1.0)
-    finally:
-        server.close()
-        for connection in accepted:
-            connection.close()
-    assert str(info.value) == "{}: no answer: timed out after 1 s".format(uri)
-    assert accepted  # the server was reached: it accepted and never answered
+def test_a_stream_that_never_answers_times_out_with_a_clear_message(silent_stream):
+    with pytest.raises(SourceError) as info:
+        open_source(silent_stream.uri, open_timeout=1.0)
+    assert str(info.value) == "{}: no answer: timed out after 1 s".format(silent_stream.uri)
+    assert silent_stream.accepted  # the server was reached: it accepted and never answered
 
 
 def test_loop_restarts_the_file(tmp_path):
