@@ -86,6 +86,25 @@ def test_every_stage_bundle_ships_golden_images_and_int8_carries_the_fp32_ones(f
 
 
 @pytest.mark.slow
+def test_compression_benchmark_reads_a_finished_workdir_and_ends_with_one_json_line(finished) -> None:
+    import json
+    import subprocess
+    import sys
+
+    workdir, _result = finished
+    before = _done_mtimes(workdir)
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, str(repo / "benchmarks" / "compression.py"), "--workdir", str(workdir), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    values = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"flops_ratio", "pruned_map_kept", "int8_bytes_ratio", "int8_map_kept"} <= set(values)
+    assert values["flops_ratio"] <= 0.5 + 1e-9
+    assert _done_mtimes(workdir) == before
+    assert not (workdir / "bench-distill").exists()
+
+
+@pytest.mark.slow
 def test_a_second_run_reuses_every_stage_and_a_changed_section_reruns_only_its_stage(finished) -> None:
     from compress.pipeline import run
     from edge_sdk.bundle import verify_bundle
