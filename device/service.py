@@ -2,7 +2,9 @@
 
 `render_unit(...)` is pure (tested): values are quoted and escaped for systemd (`%` and `$` stay
 literal) and a value with a line break is refused. `install_unit(...)` writes the unit atomically and
-asks systemd to load and start it; when systemctl fails, the previous unit (or none) is put back. The unit is `Type=notify` with `WatchdogSec`: the runtime sends READY=1 once
+asks systemd to load and start it; when systemctl fails, the previous unit (or none) is put back.
+Before the unit is written, the store's runtime/ folder (where the runtime keeps runtime/status.json)
+is made and handed to the unit's user. The unit is `Type=notify` with `WatchdogSec`: the runtime sends READY=1 once
 frames flow and WATCHDOG=1 only while they keep flowing, so a hung camera or predictor gets the
 service restarted (`Restart=always`).
 """
@@ -10,12 +12,14 @@ service restarted (`Restart=always`).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
 from typing import List, Optional, Sequence
 
 from device.predictor import SYSTEM_CACHE_ROOT
+from device.robot_status import RUNTIME_DIR
 from edge_sdk.errors import InstallError
 from edge_sdk.fileio import atomic_write_text
 
@@ -94,9 +98,12 @@ def render_unit(
     )
 
 
-def install_unit(text: str, unit_dir: str = DEFAULT_UNIT_DIR, enable: bool = True) -> List[str]:
+def install_unit(
+    text: str, unit_dir: str = DEFAULT_UNIT_DIR, enable: bool = True, store_root: Optional[str] = None
+) -> List[str]:
     """Write `text` as unit_dir/edge-sdk.service atomically; with enable, reload systemd and
-    enable --now the service. Returns the messages to show the user.
+    enable --now the service. With store_root (the `--root` of the unit's `run`), first make
+    store_root/runtime for the unit's user (`prepare_runtime_dir`). Returns the messages to show the user.
 
     With enable, systemctl must be on PATH before anything is written; when a systemctl call fails,
     the unit that was there before (or none) is put back."""
@@ -104,6 +111,9 @@ def install_unit(text: str, unit_dir: str = DEFAULT_UNIT_DIR, enable: bool = Tru
     systemctl = shutil.which("systemctl") if enable else None
     if enable and systemctl is None:
         raise InstallError("systemctl not found: cannot enable {} (use --no-enable to only write it)".format(UNIT_NAME))
+    messages = []  # type: List[str]
+    if store_root is not None:
+        messages.append(prepare_runtime_dir(store_root, unit_user(text) or "root"))
     try:
         with open(path, encoding="utf-8") as f:
             previous: Optional[str] = f.read()
@@ -112,7 +122,7 @@ def install_unit(text: str, unit_dir: str = DEFAULT_UNIT_DIR, enable: bool = Tru
     except OSError as exc:
         raise InstallError("cannot read the unit {}: {}".format(path, exc.strerror or exc)) from None
     _write_unit(path, text)
-    messages = ["wrote " + path]
+    messages.append("wrote " + path)
     if systemctl is None:
         return messages
     for args in (["daemon-reload"], ["enable", "--now", UNIT_NAME]):
@@ -128,6 +138,30 @@ def install_unit(text: str, unit_dir: str = DEFAULT_UNIT_DIR, enable: bool = Tru
             raise InstallError("systemctl {} failed: {}; {}".format(" ".join(args), reason, undone))
         messages.append("systemctl " + " ".join(args))
     return messages
+
+
+def prepare_runtime_dir(store_root: str, user: str) -> str:
+    """Make store_root/runtime (where `edge-sdk run` rewrites status.json) writable for the service's
+    `user`: created if missing, mode 0755 and, when the installer is root, owned by `user` and its group.
+    Returns the message to show. Raises InstallError for an unknown user or a folder that cannot be made."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise InstallError(
+            "no user {0!r} on this machine: create it (sudo useradd --system --groups video,dialout {0}) "
+            "or give --user".format(user)
+        ) from None
+    path = os.path.join(store_root, RUNTIME_DIR)
+    try:
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o755)
+        if os.geteuid() == 0:
+            os.chown(path, account.pw_uid, account.pw_gid)
+    except OSError as exc:
+        raise InstallError("cannot prepare {}: {} (run with sudo?)".format(path, exc.strerror or exc)) from None
+    if os.geteuid() != 0 and os.geteuid() != account.pw_uid:
+        return "made {} (not root: `sudo chown {} {}` so the service can write it)".format(path, user, path)
+    return "made {} for user {}".format(path, user)
 
 
 def _write_unit(path: str, text: str) -> None:

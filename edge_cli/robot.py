@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 
@@ -472,8 +472,9 @@ def doctor(
         raise typer.Exit(1)
 
 
-def _check_run_args(run_args: List[str]) -> None:
-    """Parse `run_args` with `edge-sdk run`'s own parser; raise InstallError naming the first problem."""
+def _check_run_args(run_args: List[str]) -> Dict[str, Any]:
+    """Parse `run_args` with `edge-sdk run`'s own parser: its parameters by name; raise InstallError
+    naming the first problem."""
     from edge_sdk.errors import InstallError
 
     # click's UsageError (bad option, value or count), imported from click itself or from typer's copy of it.
@@ -481,7 +482,7 @@ def _check_run_args(run_args: List[str]) -> None:
     probe = typer.Typer()
     probe.command("run")(run_command)
     try:
-        typer.main.get_command(probe).make_context("edge-sdk run", list(run_args), help_option_names=[])
+        return typer.main.get_command(probe).make_context("edge-sdk run", list(run_args), help_option_names=[]).params
     except usage_error as exc:
         raise InstallError("invalid run arguments: {}".format(exc.format_message())) from None
 
@@ -502,12 +503,16 @@ def service_install(
 ) -> None:
     """Install a systemd unit that runs `edge-sdk run` with Restart=always and a watchdog.
 
+    Also makes the store's runtime/ folder (`run --root`, default /var/lib/edge-sdk), where the runtime
+    keeps the status.json that `status` and `fleet status` read, writable for --user.
+
     Example: sudo edge-sdk service install -- --camera 0 --serial /dev/ttyTHS0 --preview 0.0.0.0:8080
     """
     from device.service import default_executable, install_unit, render_unit
+    from device.store import DEFAULT_ROOT
 
     run_args = run_args or ["--camera", "0"]
-    _check_run_args(run_args)
+    store_root = _check_run_args(run_args).get("root") or DEFAULT_ROOT
     text = render_unit(
         run_args,
         executable=executable or default_executable() or "/usr/local/bin/edge-sdk",
@@ -517,7 +522,7 @@ def service_install(
     if print_only:
         typer.echo(text, nl=False)
         return
-    for message in install_unit(text, unit_dir=unit_dir, enable=enable):
+    for message in install_unit(text, unit_dir=unit_dir, enable=enable, store_root=store_root):
         typer.echo(message)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import pwd
 import subprocess
 import sys
 
@@ -65,11 +66,16 @@ def test_cli_print_and_unwritable_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     failed = subprocess.run(
-        [sys.executable, "-m", "edge_cli", "service", "install", "--unit-dir", str(blocker / "x"), "--no-enable"],
+        [sys.executable, "-m", "edge_cli", "service", "install", "--unit-dir", str(blocker / "x"), "--no-enable"]
+        + ["--user", SERVICE_USER, "--", "--camera", "0", "--root", str(tmp_path / "store")],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert failed.returncode != 0
     assert failed.stderr.startswith("error: cannot write the unit") and "Traceback" not in failed.stderr
+
+
+# A user that exists here: the service's user must exist before `service install` writes anything.
+SERVICE_USER = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
 
 
 def service_install(*args, path=None):
@@ -151,7 +157,10 @@ def failing_systemctl(tmp_path):
 
 def test_failing_systemctl_leaves_no_unit_behind(tmp_path, failing_systemctl):
     unit_dir = tmp_path / "systemd"
-    result = service_install("--unit-dir", str(unit_dir), "--", "--camera", "0", path=failing_systemctl)
+    result = service_install(
+        "--unit-dir", str(unit_dir), "--user", SERVICE_USER, "--", "--camera", "0", "--root", str(tmp_path / "store"),
+        path=failing_systemctl,
+    )  # fmt: skip
     assert_one_error_line(result, "systemctl daemon-reload failed: System has not been booted")
     assert "removed" in result.stderr
     assert list(unit_dir.iterdir()) == []
@@ -162,7 +171,10 @@ def test_failing_systemctl_puts_the_previous_unit_back(tmp_path, failing_systemc
     unit_dir.mkdir()
     previous = render_unit(["--camera", "1"])
     (unit_dir / UNIT_NAME).write_text(previous)
-    result = service_install("--unit-dir", str(unit_dir), "--", "--camera", "0", path=failing_systemctl)
+    result = service_install(
+        "--unit-dir", str(unit_dir), "--user", SERVICE_USER, "--", "--camera", "0", "--root", str(tmp_path / "store"),
+        path=failing_systemctl,
+    )  # fmt: skip
     assert_one_error_line(result, "systemctl daemon-reload failed")
     assert (unit_dir / UNIT_NAME).read_text() == previous
     assert sorted(p.name for p in unit_dir.iterdir()) == [UNIT_NAME]
@@ -172,6 +184,32 @@ def test_missing_systemctl_is_found_out_before_writing(tmp_path):
     empty = tmp_path / "empty-path"
     empty.mkdir()
     unit_dir = tmp_path / "systemd"
-    result = service_install("--unit-dir", str(unit_dir), "--", "--camera", "0", path=str(empty))
+    store = tmp_path / "store"
+    result = service_install("--unit-dir", str(unit_dir), "--", "--camera", "0", "--root", str(store), path=str(empty))
     assert_one_error_line(result, "systemctl not found")
-    assert not unit_dir.exists()
+    assert not unit_dir.exists() and not store.exists()
+
+
+def test_install_makes_the_runtime_folder_for_the_service_user(tmp_path):
+    """`edge-sdk run` (as the unit's user) rewrites ROOT/runtime/status.json for `status` and `fleet status`."""
+    store = tmp_path / "store"
+    result = service_install(
+        "--unit-dir", str(tmp_path / "systemd"), "--no-enable", "--user", SERVICE_USER,
+        "--", "--camera", "0", "--root", str(store),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    runtime = store / "runtime"
+    assert runtime.is_dir() and runtime.stat().st_mode & 0o777 == 0o755
+    account = pwd.getpwnam(SERVICE_USER)
+    assert (runtime.stat().st_uid, runtime.stat().st_gid) == (account.pw_uid, account.pw_gid)
+    assert result.stdout.splitlines()[0] == "made {} for user {}".format(runtime, SERVICE_USER)
+    assert (tmp_path / "systemd" / UNIT_NAME).exists()
+
+
+def test_an_unknown_service_user_is_one_line_before_anything_is_written(tmp_path):
+    unit_dir, store = tmp_path / "systemd", tmp_path / "store"
+    result = service_install(
+        "--unit-dir", str(unit_dir), "--no-enable", "--user", "no-such-user-here", "--", "--root", str(store)
+    )
+    assert_one_error_line(result, "no user 'no-such-user-here' on this machine")
+    assert not unit_dir.exists() and not store.exists()
