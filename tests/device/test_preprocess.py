@@ -23,11 +23,12 @@ def test_stretch_preprocessing_matches_paddledetection_by_hand():
     # NormalizeImage(is_scale=True, ImageNet mean/std), Permute, batch of one.
     rgb = image[:, :, ::-1]
     resized = cv2.resize(rgb, None, None, fx=64 / 80, fy=32 / 48, interpolation=cv2.INTER_CUBIC)
-    expected = (
-        (resized.astype(np.float32) / 255.0 - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
-    ).transpose(2, 0, 1)
+    expected = resized.astype(np.float32)
+    expected *= 1.0 / 255.0
+    expected -= np.array(MEAN)[np.newaxis, np.newaxis, :]  # float64 mean and std, as NormalizeImage does
+    expected /= np.array(STD)[np.newaxis, np.newaxis, :]
     assert out["image"].shape == (1, 3, 32, 64) and out["image"].dtype == np.float32
-    np.testing.assert_allclose(out["image"][0], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out["image"][0], expected.transpose(2, 0, 1))  # bit for bit
     np.testing.assert_array_equal(out["im_shape"], np.array([[32, 64]], np.float32))
     np.testing.assert_allclose(out["scale_factor"], np.array([[32 / 48, 64 / 80]], np.float32))
 
