@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from device.store import RUNTIME
 from edge_sdk.fileio import atomic_write_text
 
-RUNTIME_DIR = "runtime"
-RUNTIME_FILE = RUNTIME_DIR + "/status.json"
+RUNTIME_FILE = RUNTIME + "/status.json"
 WRITE_EVERY_S = 5.0
 SERVICE = "edge-sdk"
 

@@ -19,7 +19,7 @@ import subprocess
 from typing import List, Optional, Sequence
 
 from device.predictor import SYSTEM_CACHE_ROOT
-from device.robot_status import RUNTIME_DIR
+from device.store import RUNTIME
 from edge_sdk.errors import InstallError
 from edge_sdk.fileio import atomic_write_text
 
@@ -151,7 +151,7 @@ def prepare_runtime_dir(store_root: str, user: str) -> str:
             "no user {0!r} on this machine: create it (sudo useradd --system --groups video,dialout {0}) "
             "or give --user".format(user)
         ) from None
-    path = os.path.join(store_root, RUNTIME_DIR)
+    path = os.path.join(store_root, RUNTIME)
     try:
         os.makedirs(path, exist_ok=True)
         os.chmod(path, 0o755)

@@ -62,6 +62,7 @@ BUNDLE_FILE = "bundle.edgebundle"
 FILES = "files"
 INSTALL_INFO = "install.json"
 STATUS = "status.json"
+RUNTIME = "runtime"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 POINTERS = (ACTIVE, PREVIOUS)
