@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from device.pipeline import Pipeline
+from device.pipeline import Pipeline, overlap_for
 from device.sources import open_source
 from tests.device.test_preprocess import noise_image
 
@@ -97,3 +97,38 @@ def test_pipeline_hands_telemetry_to_the_sinks(detector, tmp_path):
         telemetry.stop()
     assert stats["gpu_load"] == 47 and stats["temperatures"]["GPU"] == 34.531
     assert all(s["gpu_load"] == 47 and s["temperatures"]["tj"] == 37.156 for _, _, s in sink.items)
+
+
+def test_overlap_only_where_a_core_is_free_or_the_source_is_live():
+    from device.predictor import plan
+    from tests.device.test_predictor_plan import CPU_ONLY, XAVIER, make_manifest
+
+    def overlap(environment, live, **kwargs):
+        return overlap_for(plan(make_manifest(), environment, **kwargs), live, environment.cpu_count)
+
+    assert overlap(CPU_ONLY, live=False) is False  # oneDNN on every core: a thread beside it only slows it
+    assert overlap(CPU_ONLY, live=True) is True  # a camera: its newest frame as soon as inference is free
+    assert overlap(CPU_ONLY, live=False, threads=1) is True  # one core left for decoding and resizing
+    assert overlap(XAVIER, live=False, precision="fp16") is True  # the GPU infers, the CPU prepares
+
+
+def test_pipeline_in_turn_matches_the_overlapped_one_frame_for_frame(tiny_bundle, tmp_path):
+    """A Detector on every core reading a file runs in turn, in one thread; same detections as overlapped."""
+    import os
+
+    from device.detector import Detector
+
+    video = write_video(tmp_path / "clip.avi", 6)
+    results = {}
+    with Detector(tiny_bundle, threads=os.cpu_count() or 1, device="cpu") as detector:
+        for overlap in (None, True):
+            sink = CollectingSink()
+            with open_source(str(video), realtime=False) as source:
+                pipeline = Pipeline(source, detector, [sink], score_threshold=0.0, overlap=overlap)
+                stats = pipeline.run()
+            results[pipeline.overlap] = [
+                (d.frame_id, d.boxes.tobytes(), d.class_ids.tolist()) for _, d, _ in sink.items
+            ]
+            assert stats["frames"] == 6 and stats["latency_ms"]["preprocess"]["p50"] > 0
+    assert set(results) == {False, True}
+    assert results[False] == results[True] and [item[0] for item in results[False]] == list(range(6))
