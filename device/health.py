@@ -161,7 +161,7 @@ def health_check(bundle: ModelFiles, settings: HealthSettings, log: Log = _quiet
     if detector.plan.use_tensorrt:
         plan = detector.plan
         report.engine = {"key": plan.cache_key, "folder": str(plan.engine_cache_dir), "plan": plan.describe()}
-    report.checks["load"] = "ok ({:.1f} s, {})".format(time.perf_counter() - started, detector.plan.device)
+    report.checks["load"] = "ok ({:.1f} s, {})".format(time.perf_counter() - started, detector.plan.describe())
     log("health: model loaded")
     settings = settings.resolved(bundle.manifest.precision, detector.plan.precision)
     try:

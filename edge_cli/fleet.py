@@ -75,11 +75,23 @@ def flash_command(
     connect_timeout: int = _CONNECT_TIMEOUT,
     allow_downgrade: bool = typer.Option(False, "--allow-downgrade", help="Passed to the robots' install."),
     min_fps: Optional[float] = typer.Option(None, "--min-fps", min=0.0, help="Passed to the robots' install."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="Passed to the robots' install: give the service's `run --precision`."
+    ),
+    dla: Optional[int] = typer.Option(
+        None, "--dla", min=0, max=1, help="Passed to the robots' install: give the service's `run --dla`."
+    ),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, max=256, help="Passed to the robots' install: give the service's `run --threads`."
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the per-robot results as a JSON list instead of a table."
     ),
 ) -> None:
     """Copy a bundle to robots over ssh and install it there; one line per robot, exit 1 if any failed.
+
+    The robots' install health check builds the TensorRT engine their service loads when given the
+    service's --precision/--dla/--threads (else the service builds its own at its first start).
 
     Example: edge-sdk flash m.edgebundle --to edge@robot-07 --to edge@robot-08
     """
@@ -97,8 +109,9 @@ def flash_command(
     install_args = []  # type: List[str]
     if allow_downgrade:
         install_args.append("--allow-downgrade")
-    if min_fps is not None:
-        install_args += ["--min-fps", str(min_fps)]
+    for flag, value in (("--min-fps", min_fps), ("--precision", precision), ("--dla", dla), ("--threads", threads)):
+        if value is not None:
+            install_args += [flag, str(value)]
     plan = FlashPlan(file, info["sha256"], remote_command, remote_root, install_args)
     console = Console(stderr=True)
     progress = progress_display(console, field="step")

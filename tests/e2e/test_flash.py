@@ -3,7 +3,7 @@
 Robot A accepts the bundle (remote install with its health check), robot B is a different GPU
 (compute capability 8.7) and rejects it with the remote install's one-line reason, and a port with
 nothing listening is unreachable. A second flash skips robot A, which already runs the bundle.
-The remote `edge-sdk` is this virtualenv's. Needs openssh-server and openssh-client.
+The remote `edge-sdk` is this virtualenv's, running this checkout. Needs openssh-server and openssh-client.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from device.install import list_versions
 from edge_sdk.errors import InstallError
 from tests.e2e.sshd_fixture import free_port
 
-REMOTE_EDGE_SDK = Path(sys.executable).parent / "edge-sdk"
+EDGE_SDK = Path(sys.executable).parent / "edge-sdk"
+REPO = Path(__file__).resolve().parents[2]
+# The robot runs this checkout's code (ssh does not pass the test's PYTHONPATH on).
+REMOTE_EDGE_SDK = "env PYTHONPATH={} {}".format(REPO, EDGE_SDK)
 
 
 def robot_root(folder: Path, compute_capability: str) -> Path:
@@ -41,7 +44,7 @@ def flash(bundle: Path, sshd, *args: str) -> subprocess.CompletedProcess:
         "--known-hosts",
         str(sshd.known_hosts),
         "--remote-command",
-        str(REMOTE_EDGE_SDK),
+        REMOTE_EDGE_SDK,
         "--connect-timeout",
         "5",
         "--json",
@@ -51,7 +54,7 @@ def flash(bundle: Path, sshd, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_flash_two_robots_and_an_unreachable_one(tiny_bundle, sshd, tmp_path):
-    assert REMOTE_EDGE_SDK.exists()
+    assert EDGE_SDK.exists()
     robot_a = robot_root(tmp_path / "robot-a", "7.2")
     robot_b = robot_root(tmp_path / "robot-b", "8.7")
     closed_port = free_port()
@@ -104,12 +107,27 @@ def test_table_output_and_summary(tiny_bundle, sshd, tmp_path):
         "--known-hosts",
         str(sshd.known_hosts),
         "--remote-command",
-        str(REMOTE_EDGE_SDK),
+        REMOTE_EDGE_SDK,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "1 robots: 1 installed, 0 skipped, 0 failed" in result.stdout
     assert [r["health"] for r in list_versions(robot)] == ["loaded (no golden check)"]
+
+
+def test_the_services_predictor_options_reach_the_robots_install(tiny_bundle, sshd, tmp_path):
+    """--precision/--threads reach the health check (its load line names the plan); --dla is refused by a CPU robot."""
+    robot = robot_root(tmp_path / "robot", "7.2")
+    result = flash(tiny_bundle, sshd, "--to", sshd.target(robot), "--precision", "fp32", "--threads", "2")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)
+    assert row["outcome"] == "installed" and "load ok" in row["detail"], row
+    assert "cpu, fp32" in row["detail"] and "2 threads" in row["detail"], row
+    other = robot_root(tmp_path / "robot-dla", "7.2")
+    refused = flash(tiny_bundle, sshd, "--to", sshd.target(other), "--dla", "0")
+    [row] = json.loads(refused.stdout)
+    assert row["outcome"] == "rejected" and "--dla asked for" in row["detail"], row
+    assert list_versions(other) == []
 
 
 @pytest.mark.parametrize(
