@@ -1,26 +1,36 @@
-"""Full pipeline against predictor alone, on the same bundle and a 640x480 synthetic video.
+"""The runtime's pipeline against its predictor alone and against a PaddleDetection-style loop.
 
-    .venv/bin/python benchmarks/pipeline.py [--bundle FILE] [--frames 400] [--threads 2] [--repeats 8]
+    .venv/bin/python benchmarks/pipeline.py            # fast and slow model, both videos (~10 min)
+    .venv/bin/python benchmarks/pipeline.py --quick    # fast model only, fewer frames (~2 min)
+    .venv/bin/python benchmarks/pipeline.py --json     # ... and one JSON object as the last line
 
-Without --bundle a small YOLOv3-MobileNetV1 (width 0.25, 160x160, random weights) is exported
-with compress.export. Rows:
-- predictor only: `Detector.infer` on one preprocessed frame, back to back;
-- pipeline, every frame: the video read as fast as the pipeline takes frames (capture and
-  preprocessing overlapped with inference), i.e. the throughput the runtime adds overhead to;
-  measured in short rounds interleaved with predictor-only rounds (the ratio is the median of
-  the per-round ratios, so load from other processes hits both sides alike);
-- pipeline, camera at 30 fps: the same video paced like a camera, newest frame only: end-to-end
-  latency from capture and the frames dropped because inference was busy.
-The ratio pipeline/predictor is the runtime's efficiency (target >= 0.95 on 2 CPU cores).
+Two YOLOv3-MobileNetV1 bundles with seeded weights (speed does not depend on training), exported
+with compress.export unless given: fast (width 0.25 at 224 px, inference ~20-60 ms on 2 cores)
+and slow (width 1.0 at 320 px). Two MJPG videos of a board sliding past, 640x480 and 1280x720.
+For each model and video, in interleaved rounds (so load from other processes hits every side
+alike; each figure is the median over rounds, each ratio the median of the per-round ratios):
+- predictor: `Detector.infer` alone on frames of the video preprocessed beforehand (the ceiling);
+- pipeline: what `edge-sdk run VIDEO` does without sinks: `device.pipeline.Pipeline` on the file
+  source, every frame, unpaced; latency is capture to detections;
+- pipeline+rec: the same with `run --record` (annotated video written on the recorder's thread);
+- sequential: a loop written the way PaddleDetection's deploy/python/infer.py works on a video:
+  cv2.VideoCapture.read, BGR -> RGB, cubic resize, NormalizeImage and Permute in numpy, predict
+  (the same predictor), boxes above 0.5 drawn, cv2.VideoWriter.write, all in one thread.
+Ratios: pipeline / predictor (the share of the predictor's speed the runtime keeps; targets
+>= 0.95 fast, >= 0.97 slow) and pipeline+rec / sequential (both write the annotated video;
+target >= 1.4 fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Dict, List
 
 import edge_sdk  # noqa: F401  (zlib before paddle)
 
@@ -31,14 +41,18 @@ if str(REPO) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from device.detector import Detector, predictor_fps  # noqa: E402
+from device.detector import Detector  # noqa: E402
 from device.pipeline import Pipeline  # noqa: E402
+from device.sinks.recorder import RecorderSink  # noqa: E402
 from device.sources import open_source  # noqa: E402
 
 CLASSES = ("missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper")
+MODELS = {"fast": (0.25, 224), "slow": (1.0, 320)}
+VIDEOS = {"640": (640, 480), "1280": (1280, 720)}
+DRAW_THRESHOLD = 0.5
 
 
-def write_video(path: Path, frames: int = 150, size=(640, 480), fps: float = 30.0) -> Path:
+def write_video(path: Path, frames: int = 60, size=(640, 480), fps: float = 30.0) -> Path:
     """A board sliding past the camera, MJPG .avi."""
     from edge_sdk.data.synth import render_board
 
@@ -53,123 +67,209 @@ def write_video(path: Path, frames: int = 150, size=(640, 480), fps: float = 30.
     return path
 
 
-def export_small_bundle(out: Path) -> Path:
+def export_model(out: Path, width: float, size: int) -> Path:
     import paddle
 
     from compress.export import export_bundle
     from compress.models import build_yolov3
 
     paddle.seed(0)
-    model = build_yolov3("mobilenet_v1", len(CLASSES), width=0.25)
+    model = build_yolov3("mobilenet_v1", len(CLASSES), width=width)
     model.eval()
-    return export_bundle(model, CLASSES, (160, 160), out, "bench", "0.0.1")
+    return export_bundle(model, CLASSES, (size, size), out, out.stem, "0.0.1")
 
 
-def run_pipeline(detector: Detector, video: Path, frames: int, warmup: int, realtime: bool) -> dict:
-    with open_source(str(video), loop=True, realtime=realtime, fps=30.0) as source:
-        pipeline = Pipeline(source, detector)
-        marks = {}
-
-        def mark(p) -> None:
-            if p.frames >= warmup and "start" not in marks:
-                marks["start"] = time.perf_counter()
-                marks["frames"] = p.frames
-                marks["dropped"] = source.stats()["dropped"]
-
-        stats = pipeline.run(max_frames=frames + warmup, on_frame=mark)
-        elapsed = time.perf_counter() - marks["start"]
-    counted = stats["frames"] - marks["frames"]
+def summary(durations_s: List[float]) -> Dict[str, float]:
+    """fps from the total, p50 / p99 of the per-frame durations in ms."""
+    ms = np.asarray(durations_s) * 1000.0
     return {
-        "fps": counted / elapsed,
-        "p50": stats["latency_ms"]["end_to_end"]["p50"],
-        "p99": stats["latency_ms"]["end_to_end"]["p99"],
-        "dropped": stats["dropped"] - marks["dropped"],
-        "captured": stats["source"]["captured"],
-        "stages": stats["latency_ms"],
+        "fps": len(ms) / (ms.sum() / 1000.0),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
     }
+
+
+def time_predictor(detector: Detector, prepared: List[dict], frames: int) -> Dict[str, float]:
+    durations = []
+    for index in range(frames):
+        started = time.perf_counter()
+        detector.infer(prepared[index % len(prepared)])
+        durations.append(time.perf_counter() - started)
+    return summary(durations)
+
+
+def time_pipeline(detector: Detector, video: Path, frames: int, record: Path = None) -> Dict[str, float]:
+    """`edge-sdk run VIDEO [--record FILE]`: the file pulled frame by frame, every frame, unpaced."""
+    sinks = [RecorderSink(str(record), CLASSES, lossless=True)] if record else []
+    warmup = 2
+    marks: Dict[str, float] = {}
+    try:
+        with open_source(str(video), loop=True) as source:
+            pipeline = Pipeline(source, detector, sinks)
+
+            def mark(p: Pipeline) -> None:
+                if p.frames == warmup and "start" not in marks:
+                    marks["start"] = time.perf_counter()
+
+            stats = pipeline.run(max_frames=frames + warmup, on_frame=mark)
+            elapsed = time.perf_counter() - marks["start"]
+    finally:
+        for sink in sinks:
+            sink.close()
+    e2e = list(pipeline.latency["end_to_end"].samples)[-frames:]
+    return {
+        "fps": (stats["frames"] - warmup) / elapsed,
+        "p50": float(np.percentile(e2e, 50)),
+        "p99": float(np.percentile(e2e, 99)),
+        "overlap": pipeline.overlap,
+    }
+
+
+def paddledetection_inputs(image_bgr: np.ndarray, size: int, mean: np.ndarray, std: np.ndarray) -> dict:
+    """deploy/python/preprocess.py: decode_image (BGR -> RGB), Resize (interp 2, keep_ratio false),
+    NormalizeImage (is_scale, mean_std), Permute; infer.py's create_inputs."""
+    image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    scale_y, scale_x = size / float(image.shape[0]), size / float(image.shape[1])
+    image = cv2.resize(image, None, None, fx=scale_x, fy=scale_y, interpolation=2)
+    im_shape = np.array(image.shape[:2]).astype("float32")
+    image = image.astype(np.float32, copy=False)
+    image *= 1.0 / 255.0
+    image -= mean
+    image /= std
+    image = image.transpose((2, 0, 1)).copy()
+    return {
+        "image": np.stack([image], axis=0),
+        "im_shape": np.stack([im_shape], axis=0),
+        "scale_factor": np.stack([np.array([scale_y, scale_x]).astype("float32")], axis=0),
+    }
+
+
+def time_sequential(detector: Detector, video: Path, frames: int, record: Path) -> Dict[str, float]:
+    """A PaddleDetection-style deploy loop: read, preprocess, predict, draw, write, in one thread."""
+    spec = detector.manifest.input
+    mean = np.array(spec.mean)[np.newaxis, np.newaxis, :]
+    std = np.array(spec.std)[np.newaxis, np.newaxis, :]
+    capture = cv2.VideoCapture(str(video))
+    writer = None
+    durations = []
+    for index in range(frames + 2):
+        started = time.perf_counter()
+        ok, frame = capture.read()
+        if not ok:
+            capture.release()
+            capture = cv2.VideoCapture(str(video))
+            ok, frame = capture.read()
+        if writer is None:
+            height, width = frame.shape[:2]
+            writer = cv2.VideoWriter(str(record), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (width, height))
+        boxes = detector.infer(paddledetection_inputs(frame, spec.size[0], mean, std))
+        for class_id, score, x1, y1, x2, y2 in boxes[boxes[:, 1] > DRAW_THRESHOLD]:
+            cv2.rectangle(frame, (int(x1), int(y1)), (int(x2), int(y2)), (0, 255, 0), 2)
+            label = "{} {:.2f}".format(CLASSES[int(class_id) % len(CLASSES)], score)
+            cv2.putText(frame, label, (int(x1), int(y1) - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+        writer.write(frame)
+        if index >= 2:
+            durations.append(time.perf_counter() - started)
+    capture.release()
+    writer.release()
+    return summary(durations)
+
+
+def measure(detector: Detector, video: Path, frames: int, rounds: int, folder: Path) -> Dict[str, dict]:
+    """{side: {fps, p50, p99}} medians over interleaved rounds, plus per-round ratios."""
+    capture = cv2.VideoCapture(str(video))
+    prepared = [detector.preprocess(capture.read()[1]) for _ in range(8)]
+    capture.release()
+    time_predictor(detector, prepared, 3)  # warm-up
+    sides = ("predictor", "pipeline", "pipeline+rec", "sequential")
+    runs: Dict[str, List[dict]] = {side: [] for side in sides}
+    for _ in range(rounds):
+        runs["predictor"].append(time_predictor(detector, prepared, frames))
+        runs["pipeline"].append(time_pipeline(detector, video, frames))
+        runs["pipeline+rec"].append(time_pipeline(detector, video, frames, folder / "run.avi"))
+        runs["sequential"].append(time_sequential(detector, video, frames, folder / "sequential.avi"))
+    result = {
+        side: {key: float(np.median([r[key] for r in runs[side]])) for key in ("fps", "p50", "p99")} for side in sides
+    }
+    result["ratios"] = {
+        "pipeline_over_predictor": float(
+            np.median([b["fps"] / a["fps"] for a, b in zip(runs["predictor"], runs["pipeline"])])
+        ),
+        "pipeline_over_sequential": float(
+            np.median([b["fps"] / a["fps"] for a, b in zip(runs["sequential"], runs["pipeline+rec"])])
+        ),
+    }
+    result["overlap"] = runs["pipeline"][0]["overlap"]
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", type=Path, help="bundle to measure (default: export a small one)")
-    parser.add_argument("--frames", type=int, default=400, help="frames timed per side, split over the rounds")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=8, help="interleaved rounds of predictor and pipeline")
+    parser.add_argument("--quick", action="store_true", help="fast model only, 20 frames x 3 rounds")
+    parser.add_argument("--frames", type=int, help="frames per side and round (default 40 fast, 8 slow)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5 fast, 3 slow)")
     parser.add_argument("--threads", type=int, default=None, help="CPU math threads (default: all cores)")
+    parser.add_argument("--fast-bundle", type=Path, help="fast model bundle (default: export one)")
+    parser.add_argument("--slow-bundle", type=Path, help="slow model bundle (default: export one)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with every ratio last")
     args = parser.parse_args()
 
+    print("load average: {:.2f} {:.2f} {:.2f}, {} cores".format(*os.getloadavg(), os.cpu_count()))
+    report: Dict[str, float] = {}
+    models = ("fast",) if args.quick else ("fast", "slow")
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         folder = Path(tmp)
-        bundle = args.bundle or export_small_bundle(folder / "bench.edgebundle")
-        video = write_video(folder / "board.avi")
-        with Detector(bundle, threads=args.threads) as detector:
+        videos = {name: write_video(folder / "board{}.avi".format(name), size=size) for name, size in VIDEOS.items()}
+        for model in models:
+            width, size = MODELS[model]
+            bundle = getattr(args, model + "_bundle") or export_model(folder / (model + ".edgebundle"), width, size)
+            frames = args.frames or (20 if args.quick else (40 if model == "fast" else 8))
+            rounds = args.rounds or (3 if args.quick or model == "slow" else 5)
+            with Detector(bundle, threads=args.threads) as detector:
+                print()
+                print(
+                    "{} model: {} ({}x{} input), predictor {}; {} frames x {} rounds per side".format(
+                        model,
+                        Path(bundle).name,
+                        *detector.manifest.input.size,
+                        detector.plan.describe(),
+                        frames,
+                        rounds,
+                    )
+                )
+                print("{:<8}{:<14}{:>8}{:>10}{:>10}".format("video", "", "fps", "p50 ms", "p99 ms"))
+                for video_name, video in videos.items():
+                    result = measure(detector, video, frames, rounds, folder)
+                    for side in ("predictor", "pipeline", "pipeline+rec", "sequential"):
+                        row = result[side]
+                        print(
+                            "{:<8}{:<14}{:>8.1f}{:>10.1f}{:>10.1f}".format(
+                                video_name, side, row["fps"], row["p50"], row["p99"]
+                            )
+                        )
+                    ratios = result["ratios"]
+                    print(
+                        "{:<8}pipeline/predictor {:.3f}   pipeline+rec/sequential {:.3f}   ({})".format(
+                            video_name,
+                            ratios["pipeline_over_predictor"],
+                            ratios["pipeline_over_sequential"],
+                            "overlapped" if result["overlap"] else "in turn, one thread",
+                        )
+                    )
+                    for name, value in ratios.items():
+                        report["{}_{}_{}".format(model, name, video_name)] = round(value, 4)
+    print()
+    targets = [("fast_pipeline_over_predictor_640", 0.95), ("fast_pipeline_over_predictor_1280", 0.95)]
+    targets += [("fast_pipeline_over_sequential_640", 1.4), ("slow_pipeline_over_predictor_640", 0.97)]
+    for key, target in targets:
+        if key in report:
             print(
-                "bundle: {}  predictor: {}  input {}x{}".format(
-                    Path(bundle).name, detector.plan.describe(), *detector.manifest.input.size
+                "{:<36} {:.3f}  target >= {}: {}".format(
+                    key, report[key], target, "met" if report[key] >= target else "NOT met"
                 )
             )
-            first = cv2.VideoCapture(str(video)).read()[1]
-            # Short interleaved rounds, so that load from other processes hits both sides alike;
-            # the ratio is the median of the per-round ratios.
-            block = max(10, args.frames // args.repeats)
-            predictor_fps(detector, first, args.warmup, 2)
-            predictor_runs, every_runs = [], []
-            for _ in range(args.repeats):
-                predictor_runs.append(predictor_fps(detector, first, block, 2))
-                every_runs.append(run_pipeline(detector, video, block, 3, realtime=False))
-            pred_fps = float(np.median([r[0] for r in predictor_runs]))
-            pred_ms = float(np.median([r[1] for r in predictor_runs]))
-            every = dict(sorted(every_runs, key=lambda r: r["fps"])[len(every_runs) // 2])
-            every["ratio"] = float(np.median([e["fps"] / p[0] for p, e in zip(predictor_runs, every_runs)]))
-            camera = run_pipeline(detector, video, args.frames // 2, args.warmup, realtime=True)
-
-    rows = [
-        ("predictor only", pred_fps, 1.0, pred_ms, None, "-"),
-        (
-            "pipeline, every frame",
-            every["fps"],
-            every["ratio"],
-            every["p50"],
-            every["p99"],
-            str(every["dropped"]),
-        ),
-        (
-            "pipeline, camera 30 fps",
-            camera["fps"],
-            None,  # capped by the camera's 30 fps: latency and drops are what this row is for
-            camera["p50"],
-            camera["p99"],
-            str(camera["dropped"]),
-        ),
-    ]
-    print()
-    print("{:<26}{:>9}{:>8}{:>11}{:>11}{:>9}".format("", "fps", "ratio", "p50 ms", "p99 ms", "dropped"))
-    for name, fps, ratio, p50, p99, dropped in rows:
-        print(
-            "{:<26}{:>9.1f}{:>8}{:>11}{:>11}{:>9}".format(
-                name,
-                fps,
-                "-" if ratio is None else "{:.3f}".format(ratio),
-                "{:.1f}".format(p50),
-                "-" if p99 is None else "{:.1f}".format(p99),
-                dropped,
-            )
-        )
-    print()
-    print(
-        "stage p50 ms (every frame): "
-        + ", ".join(
-            "{} {:.2f}".format(stage, values["p50"])
-            for stage, values in every["stages"].items()
-            if values["p50"] is not None
-        )
-    )
-    print(
-        "camera run: {} frames captured, {} dropped while inference was busy (newest frame wins)".format(
-            camera["captured"], camera["dropped"]
-        )
-    )
-    print("target: pipeline/predictor >= 0.95 -> {}".format("met" if rows[1][2] >= 0.95 else "NOT met"))
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
 
 
 if __name__ == "__main__":
