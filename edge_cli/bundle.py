@@ -178,10 +178,10 @@ def sign_command(
 
     Example: edge-sdk bundle sign m.edgebundle --key keys/fleet.key
     """
-    from edge_sdk.bundle import inspect_bundle, sign_bundle
-    from edge_sdk.signing import load_private_key
+    from edge_sdk.bundle import sign_bundle
+    from edge_sdk.signing import key_id, load_private_key
 
-    load_private_key(key)  # a key mistake is one error line, before the status line
+    private_key = load_private_key(key)  # a key mistake is one error line, before the status line
     if bundle.is_file():  # a missing bundle gets sign_bundle's own error
         typer.echo(
             "signing {} ({:.1f} MB): verifying it, then writing it with the signature".format(
@@ -189,9 +189,8 @@ def sign_command(
             ),
             err=True,
         )
-    written = sign_bundle(bundle, key, out=out)
-    info = inspect_bundle(written)
-    typer.echo("signed {} with key {}".format(written, info["signer_key_id"]))
+    written = sign_bundle(bundle, key, out=out)  # verifies what it wrote
+    typer.echo("signed {} with key {}".format(written, key_id(private_key.public_key())))
 
 
 def keygen_command(

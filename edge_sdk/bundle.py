@@ -1,23 +1,27 @@
-"""Bundle format v1: one xz-compressed tar file `NAME-VERSION.edgebundle` carrying a model to the robot.
+"""Bundle format v1: one tar file `NAME-VERSION.edgebundle` carrying a model to the robot.
 
-Members: `manifest.json` (exactly `Manifest.canonical_bytes()`), the files it lists
-(`model/model.pdmodel`, `model/model.pdiparams`, `calibration/...`) and an optional
-`manifest.sig` (Ed25519, see `edge_sdk.signing`). The tar is PAX format, xz-compressed (LZMA2,
-deterministic bytes) as two concatenated xz streams: the manifest and signature records, then the
-rest, so signing replaces the first stream and copies the second. Older bundles (one xz stream,
-gzip or a plain tar) still open: the format is detected by its magic bytes. `Bundle.sha256` is the sha256 of the file as flashed;
-the manifest lists the size and sha256 of every uncompressed member, and the signature covers
-the manifest only, so compression does not change what is signed.
+Members, in this order: `manifest.json` (exactly `Manifest.canonical_bytes()`), an optional
+`manifest.sig` (Ed25519, see `edge_sdk.signing`), then the files the manifest lists
+(`model/model.pdmodel`, `model/model.pdiparams`, `calibration/...`). The tar itself is not
+compressed (PAX format, deterministic bytes); each file picks its codec: a member with the PAX record
+`EDGESDK.codec=xz` holds its file as one xz stream (the program, JSON, small weights), any other member
+holds it as it is (large weights, which barely compress, and JPEG images). Signing therefore rewrites
+only the first two records and copies the rest, and opening a 90 MB bundle costs about two sha256
+passes over it. Older bundles (the whole tar in an xz or gzip stream) still open: the outer format
+is told by its magic bytes. `Bundle.sha256` is the sha256 of the file as flashed; the manifest lists
+the size and sha256 of every file as extracted, and the signature covers the manifest only, so
+codecs do not change what is signed.
 
-Opening never trusts the archive. Every member header is checked before anything is written
-(names, types, counts, sizes); the compressed stream is decompressed to its end (its checksums
-checked) with caps on the decompressed bytes and on the decoder's memory; the manifest is parsed
-and compared with the members; the signature is checked; only then are regular files streamed
-into a fresh private staging folder with a byte cap while their sha256 is computed. Nothing is
-decompressed into memory as a whole. Any failure raises a typed error naming the member (UnsafeArchiveError,
-IntegrityError, SignatureError, ManifestError) and removes the staging folder. Nothing is ever
-unpickled. tarfile's extraction helpers (and its `filter=`, absent on Python 3.8) are not used:
-the members are read with `extractfile` only.
+Opening never trusts the archive, and reads it once, in order (hashing the file while it reads).
+The manifest and the signature come first and are checked (JSON, bounds, the files' sizes against
+the limits and the bundle's size, the signature and trusted keys) before anything is written; each
+further member header is checked (name, type, count, size, listed in the manifest) before its data
+is read; its data is streamed into a fresh private staging folder while its size and sha256 are
+checked, xz data with a capped decoder memory and an output capped at the size the manifest says.
+Nothing is decompressed into memory as a whole. Any failure raises a typed error naming the member
+(UnsafeArchiveError, IntegrityError, SignatureError, ManifestError) and removes the staging folder.
+Nothing is ever unpickled. tarfile only parses headers (its extraction helpers and `filter=`, absent
+on Python 3.8, are not used): member data is read straight from the stream.
 """
 
 from __future__ import annotations
@@ -100,11 +104,20 @@ CHUNK_BYTES = 1 << 20
 MAX_READ_BYTES = MAX_MANIFEST_BYTES + CHUNK_BYTES  # the largest single read tarfile needs from a bundle
 GZIP_MAGIC = b"\x1f\x8b"
 XZ_MAGIC = b"\xfd7zXZ\x00"
+CODEC_KEY = "EDGESDK.codec"
+"""PAX record naming a member's codec; absent: the member holds its file as it is."""
+CODEC_XZ = "xz"
 # xz rather than gzip: a Paddle program (.pdmodel) is repetitive protobuf that LZMA packs to half of
 # gzip's size (demo INT8 program 28 KB -> 13 KB), which decides the INT8/FP32 size of small bundles.
-# Weights gain ~0-1 %. Preset 1 against 6: the same demo sizes within 1 %, half the write time
-# (100 MB of float32: 28 s against 57 s; gzip 3 s) and a 2 MiB decoder; opening reads ~20 MB/s.
+# Preset 1 against 6: the same demo sizes within 1 %, half the write time and a 2 MiB decoder.
 XZ_PRESET = 1
+MAX_XZ_MEMBER_BYTES = 8 << 20
+"""Files up to this size are xz-compressed (at most ~0.5 s each) when that makes them smaller. Larger
+ones (real weights) are stored: float32 weights gain only ~7-8 %, and xz would cost ~5 s per 100 MB
+to write and ~1 s to every open (zlib level 1: ~2 s per 100 MB to write, 0.5 s to open). The demo's
+1 MB weights still gain their 8-13 %, which keeps its INT8/FP32 bundle bytes under 0.30."""
+STORED_SUFFIXES = (".jpg", ".jpeg", ".png", ".gz", ".xz", ".zip")
+"""Files already compressed, stored as they are whatever their size."""
 XZ_MEMORY_LIMIT = 128 << 20  # decoder memory: xz presets 0-9 need at most 65 MiB (preset 1: 2 MiB)
 MAX_EXPANSION = 100
 EXPANSION_ALLOWANCE = 64 << 20
@@ -195,6 +208,9 @@ class _ScanResult:
     size: int
     signed: bool
     signer_key_id: Optional[str]
+    body_offset: Optional[int]
+    """File offset of the first member after manifest.json and manifest.sig when the file is the tar
+    itself (not inside an outer gzip or xz stream, as older bundles are); else None."""
 
 
 def _member_kind(member: tarfile.TarInfo) -> str:
@@ -215,56 +231,6 @@ def _member_kind(member: tarfile.TarInfo) -> str:
     return "an unknown member type {!r}".format(member.type)
 
 
-def _check_headers(tar: tarfile.TarFile, limits: _Limits) -> Tuple[Dict[str, tarfile.TarInfo], List[str]]:
-    """Check every member header (no data read); return (regular files by name, folder names)."""
-    files = {}  # type: Dict[str, tarfile.TarInfo]
-    folders = []  # type: List[str]
-    seen = {}  # type: Dict[str, str]
-    total = 0
-    count = 0
-    for member in tar:
-        count += 1
-        if count > limits.members:
-            raise UnsafeArchiveError("bundle has more than {} members".format(limits.members))
-        name = member.name
-        problem = _name_problem(name)
-        if problem is not None:
-            raise UnsafeArchiveError("bundle member {!r} has {}".format(name, problem))
-        kind = _member_kind(member)
-        if kind not in ("a regular file", "a folder"):
-            raise UnsafeArchiveError("bundle member {!r} is {}; only regular files are allowed".format(name, kind))
-        folded = name.casefold()
-        if folded in seen:
-            raise UnsafeArchiveError("bundle member {!r} appears twice (as {!r})".format(name, seen[folded]))
-        seen[folded] = name
-        if member.isdir():
-            folders.append(name)
-            continue
-        if member.size < 0 or member.size > limits.member_bytes:
-            raise UnsafeArchiveError(
-                "bundle member {!r} is {} bytes, over the limit of {}".format(name, member.size, limits.member_bytes)
-            )
-        total += member.size
-        if total > limits.total_bytes:
-            raise UnsafeArchiveError("bundle members add up to more than {} bytes".format(limits.total_bytes))
-        files[name] = member
-    return files, folders
-
-
-def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, cap: int) -> bytes:
-    if member.size > cap:
-        raise UnsafeArchiveError(
-            "bundle member {!r} is {} bytes, over the limit of {}".format(member.name, member.size, cap)
-        )
-    stream = tar.extractfile(member)
-    if stream is None:  # pragma: no cover - regular files always have a stream
-        raise UnsafeArchiveError("bundle member {!r} has no data".format(member.name))
-    data = stream.read(cap + 1)
-    if len(data) != member.size:
-        raise IntegrityError("bundle member {!r} is truncated".format(member.name))
-    return data
-
-
 def _reject_duplicate_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
@@ -281,43 +247,6 @@ def _parse_manifest(data: bytes) -> Manifest:
     manifest = Manifest.from_bytes(data)
     _check_file_names((f.path for f in manifest.files), ManifestError, "manifest file")
     return manifest
-
-
-def _copy_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry, dest: Optional[Path], cap: int
-) -> None:
-    """Stream one member (into `dest` if given) with a byte cap; check its size and sha256."""
-    stream = tar.extractfile(member)
-    if stream is None:  # pragma: no cover - regular files always have a stream
-        raise UnsafeArchiveError("bundle member {!r} has no data".format(member.name))
-    digest = hashlib.sha256()
-    written = 0
-    out = None  # type: Optional[IO[bytes]]
-    if dest is not None:
-        target = dest.joinpath(*member.name.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-        out = os.fdopen(os.open(str(target), flags, 0o600), "wb")
-    try:
-        while True:
-            chunk = stream.read(CHUNK_BYTES)
-            if not chunk:
-                break
-            written += len(chunk)
-            if written > cap:
-                raise UnsafeArchiveError("bundle member {!r} holds more than {} bytes".format(member.name, cap))
-            digest.update(chunk)
-            if out is not None:
-                out.write(chunk)
-    finally:
-        if out is not None:
-            out.close()
-    if written != entry.size:
-        raise IntegrityError(
-            "bundle member {!r} has {} bytes, the manifest says {}".format(member.name, written, entry.size)
-        )
-    if digest.hexdigest() != entry.sha256:
-        raise IntegrityError("bundle member {!r} does not match its sha256 in the manifest".format(member.name))
 
 
 def _file_sha256(f: IO[bytes]) -> Tuple[str, int]:
@@ -338,19 +267,40 @@ def _check_free_space(path: Path, folder: Path, needed: int) -> None:
         )
 
 
-class _CappedReader:
-    """read/seek/tell over the (decompressed) tar stream that refuses to pass `cap` bytes.
+class _HashingFile:
+    """read() over the bundle file that feeds every byte it returns to a sha256 (the file's own hash)."""
 
-    tarfile only needs these three; seeking forward in a gzip stream decompresses up to the target,
-    so both reads and seeks are checked before they happen. One read returns at most MAX_READ_BYTES:
-    member data is read in chunks, but tarfile reads a PAX or GNU long-name record whole into memory,
-    and a few MB of gzip can declare one of gigabytes.
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def read_to_end(self) -> None:
+        while self.read(CHUNK_BYTES):
+            pass
+
+
+class _CappedReader:
+    """read/seek/tell over the tar stream, forward only, that refuses to pass `cap` bytes.
+
+    tarfile needs these three. Seeking forward reads (and so hashes) what it skips; seeking back is
+    refused: a bundle is read in one pass. One read returns at most MAX_READ_BYTES: member data is read
+    in chunks, but tarfile reads a PAX or GNU long-name record whole into memory, and a few MB of xz
+    can declare one of gigabytes. `last_block` is the last 512-byte read (tarfile's header reads).
     """
 
-    def __init__(self, stream: IO[bytes], cap: int, bundle_name: str) -> None:
+    def __init__(self, stream: Any, cap: int, bundle_name: str) -> None:
         self._stream = stream
         self._cap = cap
         self._bundle_name = bundle_name
+        self._position = 0
+        self.last_block = b""
 
     def _over(self) -> UnsafeArchiveError:
         return UnsafeArchiveError(
@@ -364,41 +314,209 @@ class _CappedReader:
                     self._bundle_name, MAX_READ_BYTES
                 )
             )
-        start = self._stream.tell()
-        allowed = self._cap - start + 1  # one byte more than allowed tells "over" from "exactly at the cap"
+        allowed = self._cap - self._position + 1  # one byte more than allowed tells "over" from "exactly at the cap"
         data = self._stream.read(min(size, allowed))
-        if start + len(data) > self._cap:
+        self._position += len(data)
+        if self._position > self._cap:
             raise self._over()
+        if size == tarfile.BLOCKSIZE:
+            self.last_block = data
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if whence == os.SEEK_CUR:
-            offset += self._stream.tell()
+            offset += self._position
         elif whence != os.SEEK_SET:
             raise ValueError("bundle streams seek from the start or the current position only")
-        if offset > self._cap:
-            raise self._over()
-        return self._stream.seek(offset)
+        if offset < self._position:
+            raise IntegrityError("bundle {} is not a tar archive read in one pass".format(self._bundle_name))
+        while self._position < offset:
+            if not self.read(min(CHUNK_BYTES, offset - self._position)):
+                break
+        return self._position
 
     def tell(self) -> int:
-        return self._stream.tell()
+        return self._position
+
+    def read_exact(self, size: int) -> bytes:
+        """`size` bytes (at most MAX_READ_BYTES), or fewer when the stream ends first."""
+        parts = []
+        while size > 0:
+            chunk = self.read(min(size, CHUNK_BYTES))
+            if not chunk:
+                break
+            parts.append(chunk)
+            size -= len(chunk)
+        return b"".join(parts)
 
 
-def _decompressed(f: IO[bytes]) -> IO[bytes]:
-    """The tar stream inside bundle file `f` (xz, gzip or plain, told by the magic bytes): readable,
-    seekable (backwards by decompressing again from the start) and telling its decompressed position."""
-    magic = f.read(len(XZ_MAGIC))
-    f.seek(0)
+def _tar_stream(raw: _HashingFile, magic: bytes) -> Any:
+    """The tar stream inside a bundle file: the file itself, or (older bundles) its gzip or xz stream."""
     if magic.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=f, mode="rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[arg-type]
     if magic == XZ_MAGIC:
-        import _compression  # the stdlib's seekable reader behind lzma.LZMAFile, which cannot set memlimit
+        import _compression  # the stdlib's reader behind lzma.LZMAFile, which cannot set memlimit
 
-        raw = _compression.DecompressReader(
-            f, lzma.LZMADecompressor, trailing_error=lzma.LZMAError, format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT
+        decoded = _compression.DecompressReader(
+            raw, lzma.LZMADecompressor, trailing_error=lzma.LZMAError, format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT
         )
-        return io.BufferedReader(raw)
-    return f
+        return io.BufferedReader(decoded)  # whole reads: tarfile takes a short header read for the end
+    return raw
+
+
+class _MemberSink:
+    """Takes one member's decoded bytes: checks the byte cap and sha256, writes them under `dest` if given."""
+
+    def __init__(self, name: str, entry: FileEntry, dest: Optional[Path]) -> None:
+        self._name = name
+        self._entry = entry
+        self._digest = hashlib.sha256()
+        self._written = 0
+        self._out = None  # type: Optional[IO[bytes]]
+        if dest is not None:
+            target = dest.joinpath(*name.split("/"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+            self._out = os.fdopen(os.open(str(target), flags, 0o600), "wb")
+
+    def write(self, data: bytes) -> None:
+        self._written += len(data)
+        if self._written > self._entry.size:
+            raise IntegrityError(
+                "bundle member {!r} holds more than the {} bytes the manifest says".format(self._name, self._entry.size)
+            )
+        self._digest.update(data)
+        if self._out is not None:
+            self._out.write(data)
+
+    def finish(self) -> None:
+        self.close()
+        if self._written != self._entry.size:
+            raise IntegrityError(
+                "bundle member {!r} has {} bytes, the manifest says {}".format(
+                    self._name, self._written, self._entry.size
+                )
+            )
+        if self._digest.hexdigest() != self._entry.sha256:
+            raise IntegrityError("bundle member {!r} does not match its sha256 in the manifest".format(self._name))
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+
+
+def _read_member(reader: _CappedReader, member: tarfile.TarInfo, bundle_name: str) -> Iterator[bytes]:
+    """The stored bytes of `member`, in chunks, straight from the stream (tarfile left it at the data)."""
+    reader.seek(member.offset_data)
+    left = member.size
+    while left > 0:
+        chunk = reader.read(min(left, CHUNK_BYTES))
+        if not chunk:
+            raise IntegrityError("bundle {} is truncated (inside member {!r})".format(bundle_name, member.name))
+        left -= len(chunk)
+        yield chunk
+
+
+def _copy_member(
+    reader: _CappedReader, member: tarfile.TarInfo, entry: FileEntry, dest: Optional[Path], bundle_name: str
+) -> None:
+    """Stream one member through its codec into a _MemberSink (which checks its size and sha256)."""
+    codec = member.pax_headers.get(CODEC_KEY)
+    if codec is None and member.size != entry.size:
+        raise IntegrityError(
+            "bundle member {!r} has {} bytes, the manifest says {}".format(member.name, member.size, entry.size)
+        )
+    if codec not in (None, CODEC_XZ):
+        raise IntegrityError("bundle member {!r} has the unknown codec {!r}".format(member.name, codec))
+    sink = _MemberSink(member.name, entry, dest)
+    try:
+        if codec is None:
+            for chunk in _read_member(reader, member, bundle_name):
+                sink.write(chunk)
+        else:
+            decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
+            for chunk in _read_member(reader, member, bundle_name):
+                if decoder.eof:
+                    raise IntegrityError("bundle member {!r} has data after its xz stream".format(member.name))
+                # at most one byte over the size the manifest says: the sink refuses it
+                sink.write(decoder.decompress(chunk, max_length=entry.size + 1))
+                while not decoder.needs_input and not decoder.eof:
+                    sink.write(decoder.decompress(b"", max_length=entry.size + 1))
+            if not decoder.eof:
+                raise IntegrityError("bundle member {!r} is truncated (its xz stream ends early)".format(member.name))
+            if decoder.unused_data:
+                raise IntegrityError("bundle member {!r} has data after its xz stream".format(member.name))
+    finally:
+        sink.close()
+    sink.finish()
+
+
+def _check_header(member: tarfile.TarInfo, limits: _Limits, seen: Dict[str, str]) -> None:
+    """One member header, before any of its data is read: safe name and type, no duplicate, within the limits."""
+    if len(seen) >= limits.members:
+        raise UnsafeArchiveError("bundle has more than {} members".format(limits.members))
+    name = member.name
+    problem = _name_problem(name)
+    if problem is not None:
+        raise UnsafeArchiveError("bundle member {!r} has {}".format(name, problem))
+    kind = _member_kind(member)
+    if kind not in ("a regular file", "a folder"):
+        raise UnsafeArchiveError("bundle member {!r} is {}; only regular files are allowed".format(name, kind))
+    folded = name.casefold()
+    if folded in seen:
+        raise UnsafeArchiveError("bundle member {!r} appears twice (as {!r})".format(name, seen[folded]))
+    seen[folded] = name
+    if member.isreg() and (member.size < 0 or member.size > limits.member_bytes):
+        raise UnsafeArchiveError(
+            "bundle member {!r} is {} bytes, over the limit of {}".format(name, member.size, limits.member_bytes)
+        )
+
+
+def _check_listed(
+    manifest: Manifest, head_bytes: int, limits: _Limits, max_decoded_bytes: int, bundle_name: str
+) -> None:
+    """The files the manifest lists, within the limits, before any is read. head_bytes: the sizes of
+    manifest.json and manifest.sig."""
+    if len(manifest.files) + 1 > limits.members:
+        raise UnsafeArchiveError("bundle has more than {} members".format(limits.members))
+    total = head_bytes
+    for entry in manifest.files:
+        if entry.size > limits.member_bytes:
+            raise UnsafeArchiveError(
+                "bundle member {!r} is {} bytes, over the limit of {}".format(
+                    entry.path, entry.size, limits.member_bytes
+                )
+            )
+        total += entry.size
+    if total > limits.total_bytes:
+        raise UnsafeArchiveError("bundle members add up to more than {} bytes".format(limits.total_bytes))
+    if total > max_decoded_bytes:
+        raise UnsafeArchiveError(
+            "bundle {} decompresses to more than {} bytes (a compression bomb?)".format(bundle_name, max_decoded_bytes)
+        )
+
+
+def _read_small(reader: _CappedReader, member: tarfile.TarInfo, cap: int, bundle_name: str) -> bytes:
+    if member.size > cap:
+        raise UnsafeArchiveError(
+            "bundle member {!r} is {} bytes, over the limit of {}".format(member.name, member.size, cap)
+        )
+    if CODEC_KEY in member.pax_headers:
+        raise IntegrityError("bundle member {!r} must be stored as it is".format(member.name))
+    return b"".join(_read_member(reader, member, bundle_name))
+
+
+def _check_end(reader: _CappedReader, tar: tarfile.TarFile, bundle_name: str) -> None:
+    """The two zero blocks that end a tar: tarfile stops at the first one (or at anything it cannot read)."""
+    zero_block = bytes(tarfile.BLOCKSIZE)
+    if reader.tell() == tar.offset + tarfile.BLOCKSIZE and reader.last_block == zero_block:
+        needed = tarfile.BLOCKSIZE
+    elif reader.tell() == tar.offset:
+        needed = 2 * tarfile.BLOCKSIZE
+    else:
+        needed = -1
+    if needed < 0 or reader.read_exact(needed) != bytes(needed):
+        raise IntegrityError("bundle {} is truncated (its end-of-archive marker is missing)".format(bundle_name))
 
 
 def _scan(
@@ -407,7 +525,7 @@ def _scan(
     trusted_keys: Optional[Union[PathLike, Iterable[PathLike]]],
     dest: Optional[Path],
 ) -> _ScanResult:
-    """Check the bundle at `path` completely; write its files under `dest` if given."""
+    """Check the bundle at `path` completely in one pass over its bytes; write its files under `dest` if given."""
     trusted = None
     if trusted_keys is not None:
         from edge_sdk.signing import load_trusted_keys
@@ -429,67 +547,17 @@ def _scan(
             raise UnsafeArchiveError(
                 "bundle {} is {} bytes, over the limit of {}".format(path.name, info.st_size, max_file_bytes)
             )
-        sha256, size = _file_sha256(f)
-        f.seek(0)
         max_tar_bytes = min(max_file_bytes, MAX_EXPANSION * info.st_size + EXPANSION_ALLOWANCE)
+        magic = f.read(len(XZ_MAGIC))
+        f.seek(0)
+        raw = _HashingFile(f)
         try:
-            with contextlib.ExitStack() as stack:
-                stream = stack.enter_context(_decompressed(f))
-                reader = _CappedReader(stream, max_tar_bytes, path.name)
-                tar = stack.enter_context(tarfile.open(fileobj=reader, mode="r:"))
-                files, folders = _check_headers(tar, limits)
-                reader.seek(tar.offset)
-                if reader.read(2 * tarfile.BLOCKSIZE) != bytes(2 * tarfile.BLOCKSIZE):
-                    raise IntegrityError(
-                        "bundle {} is truncated (its end-of-archive marker is missing)".format(path.name)
-                    )
-                while reader.read(CHUNK_BYTES):  # to the end: xz and gzip check their checksums there
-                    pass
-                manifest_member = files.pop(MANIFEST_NAME, None)
-                if manifest_member is None:
-                    raise IntegrityError(
-                        "bundle {} has no {} (not an edge-sdk bundle?)".format(path.name, MANIFEST_NAME)
-                    )
-                manifest_bytes = _read_small(tar, manifest_member, MAX_MANIFEST_BYTES)
-                signature_member = files.pop(SIGNATURE_NAME, None)
-                signature_bytes = None
-                if signature_member is not None:
-                    signature_bytes = _read_small(tar, signature_member, MAX_SIGNATURE_BYTES)
-                manifest = _parse_manifest(manifest_bytes)
-
-                listed = {entry.path: entry for entry in manifest.files}
-                for name in files:
-                    if name not in listed:
-                        raise IntegrityError("bundle member {!r} is not listed in the manifest".format(name))
-                listed_folders = {p for name in listed for p in _parents(name)}
-                for name in folders:
-                    if name not in listed_folders:
-                        raise IntegrityError("bundle member {!r} is not listed in the manifest".format(name))
-                for name, entry in listed.items():
-                    member = files.get(name)
-                    if member is None:
-                        raise IntegrityError("file {!r} listed in the manifest is missing from the bundle".format(name))
-                    if member.size != entry.size:
-                        raise IntegrityError(
-                            "bundle member {!r} has {} bytes, the manifest says {}".format(
-                                name, member.size, entry.size
-                            )
-                        )
-
-                signer = None
-                if signature_bytes is not None:
-                    from edge_sdk.signing import check_signature
-
-                    signer = check_signature(manifest_bytes, signature_bytes, trusted)
-                elif trusted is not None:
-                    raise SignatureError(
-                        "bundle {} is not signed, and this machine accepts only signed bundles".format(path.name)
-                    )
-
-                if dest is not None:
-                    _check_free_space(path, dest, sum(entry.size for entry in listed.values()))
-                for name in sorted(files, key=lambda n: files[n].offset_data):
-                    _copy_member(tar, files[name], listed[name], dest, min(limits.member_bytes, listed[name].size))
+            stream = _tar_stream(raw, magic)
+            reader = _CappedReader(stream, max_tar_bytes, path.name)
+            scan = _scan_tar(reader, path.name, limits, max_tar_bytes, trusted, dest)
+            while reader.read(CHUNK_BYTES):  # to the end: xz and gzip check their checksums there
+                pass
+            raw.read_to_end()
         except (tarfile.TarError, EOFError) as exc:  # EOFError: a compressed stream that ends early
             raise IntegrityError("bundle {} is truncated or not a tar archive ({})".format(path.name, exc)) from None
         except (zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
@@ -498,7 +566,83 @@ def _scan(
                     "bundle {} needs more than {} MiB of memory to decompress".format(path.name, XZ_MEMORY_LIMIT >> 20)
                 ) from None
             raise IntegrityError("bundle {} has corrupt compressed data ({})".format(path.name, exc)) from None
-    return _ScanResult(manifest, sha256, size, signer is not None, signer)
+    manifest, signer, body_offset = scan
+    return _ScanResult(
+        manifest,
+        raw.digest.hexdigest(),
+        raw.size,
+        signer is not None,
+        signer,
+        body_offset if stream is raw else None,
+    )
+
+
+def _scan_tar(
+    reader: _CappedReader,
+    bundle_name: str,
+    limits: _Limits,
+    max_decoded_bytes: int,
+    trusted: Optional[Dict[str, Any]],
+    dest: Optional[Path],
+) -> Tuple[Manifest, Optional[str], int]:
+    """Read the tar once, in order: manifest.json, manifest.sig if signed (both checked before anything is
+    written), then every file, each header checked before its data is read. Returns (manifest, signer key
+    id or None, offset of the first member after the manifest and signature)."""
+    seen = {}  # type: Dict[str, str]
+    tar = tarfile.open(fileobj=reader, mode="r:")  # type: ignore[call-overload]
+    member = tar.next()
+    if member is not None:
+        _check_header(member, limits, seen)
+    if member is None or member.name != MANIFEST_NAME or not member.isreg():
+        raise IntegrityError("bundle {} has no {} first (not an edge-sdk bundle?)".format(bundle_name, MANIFEST_NAME))
+    manifest_bytes = _read_small(reader, member, MAX_MANIFEST_BYTES, bundle_name)
+    member = tar.next()
+    signature_bytes = None
+    if member is not None:
+        _check_header(member, limits, seen)
+        if member.name == SIGNATURE_NAME and member.isreg():
+            signature_bytes = _read_small(reader, member, MAX_SIGNATURE_BYTES, bundle_name)
+            member = tar.next()
+            if member is not None:
+                _check_header(member, limits, seen)
+    body_offset = member.offset if member is not None else tar.offset
+    manifest = _parse_manifest(manifest_bytes)
+    head_bytes = len(manifest_bytes) + len(signature_bytes or b"")
+    _check_listed(manifest, head_bytes, limits, max_decoded_bytes, bundle_name)
+    listed = {entry.path: entry for entry in manifest.files}
+    listed_folders = {p for name in listed for p in _parents(name)}
+
+    signer = None
+    if signature_bytes is not None:
+        from edge_sdk.signing import check_signature
+
+        signer = check_signature(manifest_bytes, signature_bytes, trusted)
+    elif trusted is not None:
+        raise SignatureError(
+            "bundle {} is not signed, and this machine accepts only signed bundles".format(bundle_name)
+        )
+    if dest is not None:
+        _check_free_space(Path(bundle_name), dest, sum(entry.size for entry in listed.values()))
+
+    done = set()
+    while member is not None:
+        name = member.name
+        if member.isdir():
+            if name not in listed_folders:
+                raise IntegrityError("bundle member {!r} is not listed in the manifest".format(name))
+        elif name not in listed:
+            raise IntegrityError("bundle member {!r} is not listed in the manifest".format(name))
+        else:
+            _copy_member(reader, member, listed[name], dest, bundle_name)
+            done.add(name)
+        member = tar.next()
+        if member is not None:
+            _check_header(member, limits, seen)
+    _check_end(reader, tar, bundle_name)
+    for name in listed:
+        if name not in done:
+            raise IntegrityError("file {!r} listed in the manifest is missing from the bundle".format(name))
+    return manifest, signer, body_offset
 
 
 class Bundle:
@@ -651,8 +795,10 @@ def _mtime(manifest: Manifest) -> int:
     return int(when.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
-def _tar_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
+def _tar_info(name: str, size: int, mtime: int, codec: Optional[str] = None) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
+    if codec is not None:
+        info.pax_headers = {CODEC_KEY: codec}
     info.size = size
     info.mtime = mtime
     info.mode = 0o644
@@ -703,11 +849,10 @@ def write_bundle(
     files: archive name ("model/model.pdmodel", "calibration/golden/0.jpg") -> source file path
     or bytes. The manifest's `files` is replaced by their sizes and sha256; created_at (UTC),
     sdk_version and paddle_version are filled in when empty. signing_key: a private key PEM path
-    or an Ed25519PrivateKey, to add manifest.sig. The tar is xz-compressed (preset XZ_PRESET)
-    with deterministic bytes: the same manifest (created_at included) and files give the same file.
-    The manifest and signature records are an xz stream of their own, followed by the stream of the
-    rest (one xz file, two concatenated streams), so `sign_bundle` replaces the first one only.
-    The written file is verified before it replaces `out_path`; an interruption leaves no partial file.
+    or an Ed25519PrivateKey, to add manifest.sig. Each file is stored as it is or xz-compressed
+    (preset XZ_PRESET), see `_codec_for`; the bytes are deterministic: the same manifest (created_at
+    included) and files give the same file. The written file is verified before it replaces
+    `out_path`; an interruption leaves no partial file.
     """
     if not isinstance(manifest, Manifest):
         raise BundleError("write_bundle needs a Manifest, got {}".format(type(manifest).__name__))
@@ -737,18 +882,10 @@ def write_bundle(
         signature = sign_manifest(manifest_bytes, private_key)
     with atomic_output(out) as tmp:
         with open(str(tmp), "wb") as f:
-            xz = _XzStreams(f)
-            f.write(_head_stream(manifest_bytes, signature, mtime))
-            with tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for entry in entries:
-                    info = _tar_info(entry.path, entry.size, mtime)
-                    source = sources[entry.path]
-                    if isinstance(source, bytes):
-                        tar.addfile(info, _BytesReader(source))
-                    else:
-                        with open(str(source), "rb") as src:
-                            tar.addfile(info, src)
-            xz.close()
+            f.write(_head_records(manifest_bytes, signature, mtime))
+            for entry in entries:
+                _write_member(f, entry, sources[entry.path], mtime)
+            f.write(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive marker, no padding to a record size
         limits = _Limits(DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_MEMBERS)
         try:
             _scan(tmp, limits, None, None)
@@ -757,84 +894,57 @@ def write_bundle(
     return out
 
 
-class _BytesReader:
-    """Minimal read-only file over bytes (io.BytesIO would copy them)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._view = memoryview(data)
-        self._pos = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
-        chunk = self._view[self._pos : end].tobytes()
-        self._pos = end
-        return chunk
+def _codec_for(entry: FileEntry) -> Optional[str]:
+    """CODEC_XZ for a file worth compressing (up to MAX_XZ_MEMBER_BYTES, not already compressed), else None."""
+    if entry.size > MAX_XZ_MEMBER_BYTES or entry.path.lower().endswith(STORED_SUFFIXES):
+        return None
+    return CODEC_XZ
 
 
-class _XzStreams:
-    """A write-only file that xz-compresses what it is given into `f` (tarfile needs write and tell)."""
+def _write_member(f: IO[bytes], entry: FileEntry, source: Union[bytes, Path], mtime: int) -> None:
+    """Append one file's tar record to `f` with the codec `_codec_for` picks (stored when xz would not
+    make it smaller)."""
+    if _codec_for(entry) == CODEC_XZ:
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        packed = lzma.compress(data, format=lzma.FORMAT_XZ, preset=XZ_PRESET)
+        if len(packed) < entry.size:
+            f.write(_tar_info(entry.path, len(packed), mtime, CODEC_XZ).tobuf(format=tarfile.PAX_FORMAT))
+            f.write(packed + bytes(-len(packed) % tarfile.BLOCKSIZE))
+            return
+        source = data
+    f.write(_tar_info(entry.path, entry.size, mtime).tobuf(format=tarfile.PAX_FORMAT))
+    if isinstance(source, bytes):
+        f.write(source)
+    else:
+        with open(str(source), "rb") as src:
+            left = entry.size
+            while left > 0:  # the sizes were taken just before; the final check catches a file that changed
+                chunk = src.read(min(left, CHUNK_BYTES))
+                if not chunk:
+                    break
+                f.write(chunk)
+                left -= len(chunk)
+            f.write(bytes(left))
+    f.write(bytes(-entry.size % tarfile.BLOCKSIZE))
 
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self._compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=XZ_PRESET)
-        self._written = 0
 
-    def write(self, data: bytes) -> int:
-        self._f.write(self._compressor.compress(data))
-        self._written += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._written
-
-    def close(self) -> None:
-        self._f.write(self._compressor.flush())
-
-
-def _head_stream(manifest_bytes: bytes, signature: Optional[bytes], mtime: int) -> bytes:
-    """The first xz stream of a bundle: the tar records of manifest.json and manifest.sig (when signed)."""
+def _head_records(manifest_bytes: bytes, signature: Optional[bytes], mtime: int) -> bytes:
+    """The first tar records of a bundle: manifest.json and manifest.sig (when signed), stored."""
     buffer = io.BytesIO()
     records = [(MANIFEST_NAME, manifest_bytes)] + ([(SIGNATURE_NAME, signature)] if signature is not None else [])
     for name, data in records:
         buffer.write(_tar_info(name, len(data), mtime).tobuf(format=tarfile.PAX_FORMAT))
         buffer.write(data + bytes(-len(data) % tarfile.BLOCKSIZE))
-    return lzma.compress(buffer.getvalue(), format=lzma.FORMAT_XZ, preset=XZ_PRESET)
-
-
-def _body_offset(path: Path) -> Optional[int]:
-    """Where the second xz stream of the bundle at `path` starts, when its first stream holds only the
-    manifest and signature records (bundles written by write_bundle); else None."""
-    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
-    head = b""
-    consumed = 0
-    with open(str(path), "rb") as f:
-        if f.read(len(XZ_MAGIC)) != XZ_MAGIC:
-            return None
-        f.seek(0)
-        while not decompressor.eof:
-            chunk = f.read(CHUNK_BYTES)
-            if not chunk:
-                return None
-            consumed += len(chunk)
-            head += decompressor.decompress(chunk, max_length=MAX_READ_BYTES)
-            if len(head) > MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES + 4 * tarfile.BLOCKSIZE:
-                return None
-    try:
-        with tarfile.open(fileobj=io.BytesIO(head), mode="r:") as tar:
-            names = [member.name for member in tar.getmembers()]
-    except tarfile.TarError:
-        return None
-    if names not in ([MANIFEST_NAME], [MANIFEST_NAME, SIGNATURE_NAME]):
-        return None
-    return consumed - len(decompressor.unused_data)
+    return buffer.getvalue()
 
 
 def sign_bundle(path: PathLike, private_key_path: PathLike, out: Optional[PathLike] = None) -> Path:
     """Verify a bundle, then write it atomically (to `out`, default in place) with manifest.sig.
 
-    An existing signature is replaced. The files are not compressed again when the bundle has the
-    layout write_bundle gives (its first xz stream holds only the manifest and signature): only that
-    stream is replaced and the rest is copied. Returns the written path.
+    An existing signature is replaced. Only the first records (manifest and signature) are written
+    anew; the files' records are copied as they are. Older bundles (inside an xz or gzip stream) are
+    written in today's layout. The written file is verified before it replaces the target. Returns
+    the written path.
     """
     from edge_sdk.signing import load_private_key, sign_manifest
 
@@ -843,20 +953,21 @@ def sign_bundle(path: PathLike, private_key_path: PathLike, out: Optional[PathLi
     target = path if out is None else Path(out)
     staging_parent = target.parent if target.parent.is_dir() else None
     limits = _Limits(DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_MEMBERS)
-    manifest = _scan(path, limits, None, None).manifest
-    body_offset = _body_offset(path)
-    if body_offset is None:
+    scan = _scan(path, limits, None, None)
+    if scan.body_offset is None:
         with open_bundle(path, staging_dir=staging_parent) as bundle:
             files = {entry.path: bundle.path_of(entry.path) for entry in bundle.manifest.files}
             return write_bundle(target, bundle.manifest, files, signing_key=private_key)
-    manifest_bytes = manifest.canonical_bytes()
-    head = _head_stream(manifest_bytes, sign_manifest(manifest_bytes, private_key), _mtime(manifest))
+    manifest_bytes = scan.manifest.canonical_bytes()
+    head = _head_records(manifest_bytes, sign_manifest(manifest_bytes, private_key), _mtime(scan.manifest))
     with atomic_output(target) as tmp:
         with open(str(path), "rb") as src, open(str(tmp), "wb") as dst:
             dst.write(head)
-            src.seek(body_offset)
+            src.seek(scan.body_offset)
             shutil.copyfileobj(src, dst, CHUNK_BYTES)
-        _scan(tmp, limits, None, None)
+        written = _scan(tmp, limits, None, None)
+        if written.manifest != scan.manifest:
+            raise BundleError("bundle {} changed while it was signed".format(path))
     return target
 
 

@@ -28,6 +28,8 @@ TINY_WIDTH = 0.125
 TINY_INPUT_SIZE = (96, 96)
 TINY_CLASSES = ("missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper")
 TINY_BUNDLE = Path(__file__).resolve().parent / "data" / "tiny-0.1.0.edgebundle"
+OLD_FORMAT_TINY_BUNDLE = Path(__file__).resolve().parent / "data" / "tiny-0.1.0-xz-tar.edgebundle"
+"""The tiny bundle as written before each file had its own codec (the whole tar in xz streams): it must keep opening."""
 TINY_MODEL_MEMBERS = ("model/model.pdmodel", "model/model.pdiparams", "model/model.layers.json")
 
 

@@ -27,7 +27,7 @@ from device.install import install_bundle, list_versions
 from device.installed import InstalledBundle
 from device.robot import version_key
 from device.store import Store
-from edge_sdk.bundle import TargetConstraints, open_bundle, write_bundle
+from edge_sdk.bundle import CODEC_KEY, TargetConstraints, open_bundle, write_bundle
 from edge_sdk.detections import Detections
 from edge_sdk.errors import InstallError
 from edge_sdk.fileio import file_sha256
@@ -84,12 +84,19 @@ def rewrite_tar(source: Path, out: Path, drop=(), add=None) -> Path:
 
 
 def flip_byte(source: Path, out: Path, member_name: str) -> Path:
-    """`source` (an xz bundle) with one bit of `member_name`'s content flipped, re-compressed."""
-    data = bytearray(lzma.decompress(source.read_bytes()))
-    with tarfile.open(str(source)) as tar:
-        member = tar.getmember(member_name)
-    data[member.offset_data + member.size // 2] ^= 0x01
-    out.write_bytes(lzma.compress(bytes(data), format=lzma.FORMAT_XZ))
+    """`source` with one bit of `member_name`'s file flipped (an xz member decoded, flipped, encoded again)."""
+    import io
+
+    with tarfile.open(str(source)) as tin, tarfile.open(str(out), "w", format=tarfile.PAX_FORMAT) as tout:
+        for member in tin:
+            data = tin.extractfile(member).read()
+            if member.name == member_name:
+                packed = member.pax_headers.get(CODEC_KEY) == "xz"
+                content = bytearray(lzma.decompress(data) if packed else data)
+                content[len(content) // 2] ^= 0x01
+                data = lzma.compress(bytes(content), format=lzma.FORMAT_XZ) if packed else bytes(content)
+                member.size = len(data)
+            tout.addfile(member, io.BytesIO(data))
     return out
 
 

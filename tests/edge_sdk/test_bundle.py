@@ -22,8 +22,10 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from edge_sdk.bundle import (
+    CODEC_KEY,
     EXPANSION_ALLOWANCE,
     MAX_EXPANSION,
+    MAX_XZ_MEMBER_BYTES,
     FileEntry,
     InputSpec,
     Manifest,
@@ -36,6 +38,7 @@ from edge_sdk.bundle import (
     write_bundle,
 )
 from edge_sdk.errors import BundleError, IntegrityError, ManifestError, UnsafeArchiveError
+from tests.conftest import OLD_FORMAT_TINY_BUNDLE
 
 MODEL = b"\x0apaddle-program" * 64
 PARAMS = bytes(range(256)) * 40
@@ -78,7 +81,7 @@ def special(name: str, kind: bytes, linkname: str = "") -> Tuple[tarfile.TarInfo
 
 
 def encode(tar_bytes: bytes, encoding: str) -> bytes:
-    """The bytes of a bundle file holding this tar: "xz" (written today), "gzip" or "plain" (older bundles)."""
+    """The bytes of a bundle file holding this tar: "plain" (written today), "xz" or "gzip" (older bundles)."""
     if encoding == "xz":
         return lzma.compress(tar_bytes, format=lzma.FORMAT_XZ, preset=1)
     return gzip.compress(tar_bytes, mtime=0) if encoding == "gzip" else tar_bytes
@@ -121,9 +124,9 @@ def snapshot(root: Path) -> Dict[str, Optional[bytes]]:
     return out
 
 
-@pytest.fixture(params=["xz", "gzip", "plain"])
+@pytest.fixture(params=["plain", "xz", "gzip"])
 def encoding(request) -> str:
-    """Every hostile archive is tried as an xz bundle (written today), a gzip and a plain tar (older bundles)."""
+    """Every hostile archive is tried as a plain tar (written today), inside an xz and a gzip stream (older bundles)."""
     return request.param
 
 
@@ -191,21 +194,29 @@ def test_round_trip_write_open_compare(sandbox):
     assert verify_bundle(out) == bundle.manifest
 
 
-def test_written_bundle_is_deterministic_xz(sandbox):
-    """Same manifest (created_at included) and files: byte-identical xz files."""
+def test_written_bundle_is_deterministic_with_a_codec_per_file(sandbox):
+    """Same manifest (created_at included) and files: byte-identical files. The tar is not compressed: the
+    program and small files are xz streams, JPEGs and weights over MAX_XZ_MEMBER_BYTES are stored as they are."""
     manifest = make_manifest(created_at="2024-01-02T03:04:05Z", sdk_version="9.9", paddle_version="2.6.2")
     src = sandbox / "work" / "model.pdiparams"
-    src.write_bytes(PARAMS)
+    big = bytes(range(256)) * ((MAX_XZ_MEMBER_BYTES >> 8) + 1)
+    src.write_bytes(big)
     files = {"model/model.pdiparams": src, "model/model.pdmodel": MODEL, "calibration/golden/0.jpg": GOLDEN}
     first = write_bundle(sandbox / "in" / "first.edgebundle", manifest, files).read_bytes()
     second = write_bundle(sandbox / "work" / "second.edgebundle", manifest, files).read_bytes()
     assert first == second
-    assert first[:6] == b"\xfd7zXZ\x00"
-    tar_bytes = lzma.decompress(first)
-    assert len(first) < len(tar_bytes) // 2  # the tar is mostly padding and repetitive test data
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+    with tarfile.open(fileobj=io.BytesIO(first), mode="r:") as tar:  # a plain tar
+        members = {m.name: m for m in tar.getmembers()}
         assert tar.getnames()[0] == "manifest.json"
-        assert tar.extractfile("model/model.pdiparams").read() == PARAMS
+        assert CODEC_KEY not in members["model/model.pdiparams"].pax_headers
+        assert tar.extractfile("model/model.pdiparams").read() == big
+        assert CODEC_KEY not in members["calibration/golden/0.jpg"].pax_headers
+        assert members["model/model.pdmodel"].pax_headers[CODEC_KEY] == "xz"
+        assert lzma.decompress(tar.extractfile("model/model.pdmodel").read()) == MODEL
+        assert members["model/model.pdmodel"].size < len(MODEL) // 4
+    with open_bundle(sandbox / "in" / "first.edgebundle", staging_dir=sandbox / "staging") as bundle:
+        assert bundle.path_of("model/model.pdmodel").read_bytes() == MODEL
+        assert bundle.path_of("model/model.pdiparams").read_bytes() == big
 
 
 def test_opened_bundle_closes_only_what_it_opened(sandbox):
@@ -219,22 +230,27 @@ def test_opened_bundle_closes_only_what_it_opened(sandbox):
         assert not owned.closed
 
 
-@pytest.mark.parametrize("older", ["plain", "gzip"])
+@pytest.mark.parametrize("older", ["xz", "gzip", "plain"])
 def test_older_bundles_still_open(sandbox, older):
-    """Robots in the field hold plain-tar and gzip bundles written by earlier versions: same manifest and files."""
-    xz = write_bundle(sandbox / "work" / "new.edgebundle", make_manifest(), model_files())
+    """Robots in the field hold bundles written by earlier versions: the whole tar (no codec per file) in an
+    xz stream (OLD_FORMAT_TINY_BUNDLE, as written until this layout), a gzip stream, or plain."""
+    old_tar = lzma.decompress(OLD_FORMAT_TINY_BUNDLE.read_bytes())
     old_path = sandbox / "in" / "old.edgebundle"
-    old_path.write_bytes(encode(lzma.decompress(xz.read_bytes()), older))
-    with tarfile.open(str(old_path), mode="r:" if older == "plain" else "r:gz"):  # really that format
-        pass
-    with open_bundle(old_path, staging_dir=sandbox / "staging") as old, open_bundle(xz) as new:
-        assert old.manifest == new.manifest
-        assert old.sha256 == hashlib.sha256(old_path.read_bytes()).hexdigest() != new.sha256
+    old_path.write_bytes(encode(old_tar, older))
+    with tarfile.open(str(old_path), mode={"xz": "r:xz", "gzip": "r:gz", "plain": "r:"}[older]) as tar:
+        assert not any(CODEC_KEY in m.pax_headers for m in tar.getmembers())
+        stored = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
+    with open_bundle(old_path, staging_dir=sandbox / "staging") as old:
+        assert old.manifest.name == "tiny" and len(old.manifest.files) == 3
+        assert old.sha256 == hashlib.sha256(old_path.read_bytes()).hexdigest()
         assert old.size == old_path.stat().st_size
-        for name, data in model_files().items():
-            assert old.path_of(name).read_bytes() == data
+        for entry in old.manifest.files:
+            assert old.path_of(entry.path).read_bytes() == stored[entry.path]
+        files = {entry.path: old.path_of(entry.path) for entry in old.manifest.files}
+        rewritten = write_bundle(sandbox / "work" / "new.edgebundle", old.manifest, files)
+    assert verify_bundle(rewritten) == old.manifest
     info = inspect_bundle(old_path)
-    assert info["size"] == old_path.stat().st_size and info["manifest"]["name"] == "pcb-defects"
+    assert info["size"] == old_path.stat().st_size and info["manifest"]["name"] == "tiny"
 
 
 def test_write_keeps_given_metadata_and_sources_from_paths(sandbox):
@@ -378,9 +394,7 @@ def test_folder_entries_for_listed_files_are_allowed(sandbox, encoding):
 
 def test_refuses_absolute_path(sandbox, encoding):
     target = str(sandbox / "evil.txt")
-    path = hostile_bundle(
-        sandbox / "in" / "b.edgebundle", encoding, [regular(target, b"pwned")], [entry(target, b"pwned")]
-    )
+    path = hostile_bundle(sandbox / "in" / "b.edgebundle", encoding, [regular(target, b"pwned")])
     with tarfile.open(str(path)) as tar:
         assert target in tar.getnames()
     assert_refused(sandbox, path, UnsafeArchiveError, "absolute path")
@@ -505,11 +519,11 @@ def test_refuses_size_mismatch(sandbox, encoding):
 
 
 def _good_tar_bytes(sandbox: Path) -> bytes:
-    """The uncompressed tar inside a bundle written by write_bundle."""
+    """A bundle written by write_bundle (a plain tar)."""
     path = write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files())
     data = path.read_bytes()
     path.unlink()
-    return lzma.decompress(data)
+    return data
 
 
 def _last_member(tar_bytes: bytes) -> tarfile.TarInfo:
@@ -541,15 +555,15 @@ def test_refuses_archive_without_its_last_member(sandbox, encoding):
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, -8, -1])
 def test_refuses_truncated_compressed_bundle(sandbox, keep):
-    """Cut anywhere in the compressed file, down to its last byte (the xz stream footer)."""
-    good = write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files()).read_bytes()
+    """Cut anywhere in an older (xz) bundle, down to its last byte (the xz stream footer)."""
+    good = encode(_good_tar_bytes(sandbox), "xz")
     cut = sandbox / "in" / "cut.edgebundle"
     cut.write_bytes(good[: int(len(good) * keep)] if keep > 0 else good[:keep])
     assert_refused(sandbox, cut, IntegrityError, "cut.edgebundle is truncated")
 
 
 def test_refuses_bundle_with_corrupt_compressed_data(sandbox):
-    good = bytearray(write_bundle(sandbox / "work" / "good.edgebundle", make_manifest(), model_files()).read_bytes())
+    good = bytearray(encode(_good_tar_bytes(sandbox), "xz"))
     for offset in (len(good) // 2, len(good) - 6):  # inside the LZMA2 data, inside the stream footer
         bad = bytearray(good)
         bad[offset] ^= 0x55
@@ -557,6 +571,62 @@ def test_refuses_bundle_with_corrupt_compressed_data(sandbox):
         path.write_bytes(bytes(bad))
         assert_refused(sandbox, path, IntegrityError, "bad.edgebundle")
         path.unlink()
+
+
+def _xz_member(name: str, packed: bytes) -> Tuple[tarfile.TarInfo, Optional[bytes]]:
+    info, data = regular(name, packed)
+    info.pax_headers = {CODEC_KEY: "xz"}
+    return info, data
+
+
+def _bundle_with_xz_member(sandbox: Path, packed: bytes, listed: bytes = MODEL) -> Path:
+    """Today's layout by hand: the manifest lists model.pdmodel as `listed`; its member holds `packed`."""
+    manifest = make_manifest(files=(entry("model/model.pdmodel", listed),))
+    members = [regular("manifest.json", manifest.canonical_bytes()), _xz_member("model/model.pdmodel", packed)]
+    return build_tar(sandbox / "in" / "b.edgebundle", "plain", members)
+
+
+def test_xz_member_opens_and_must_decode_to_what_the_manifest_lists(sandbox):
+    good = _bundle_with_xz_member(sandbox, lzma.compress(MODEL))
+    with open_bundle(good, staging_dir=sandbox / "staging") as bundle:
+        assert bundle.path_of("model/model.pdmodel").read_bytes() == MODEL
+    good.unlink()
+    flipped = bytearray(lzma.compress(MODEL))
+    flipped[len(flipped) // 2] ^= 0x55
+    assert_refused(sandbox, _bundle_with_xz_member(sandbox, bytes(flipped)), IntegrityError, "b.edgebundle|sha256")
+    (sandbox / "in" / "b.edgebundle").unlink()
+    cut = lzma.compress(MODEL)[:-12]
+    assert_refused(sandbox, _bundle_with_xz_member(sandbox, cut), IntegrityError, "ends early|corrupt")
+    (sandbox / "in" / "b.edgebundle").unlink()
+    trailing = lzma.compress(MODEL) + b"junk"
+    assert_refused(sandbox, _bundle_with_xz_member(sandbox, trailing), IntegrityError, "data after its xz stream")
+
+
+def test_refuses_xz_member_decoding_to_more_than_the_manifest_says(sandbox):
+    """A member bomb: 64 MiB of zeros in a few KiB, listed as 10 bytes: refused after one byte too many."""
+    packer = lzma.LZMACompressor(format=lzma.FORMAT_XZ, preset=1)
+    packed = b"".join([packer.compress(bytes(1 << 20)) for _ in range(64)] + [packer.flush()])
+    path = _bundle_with_xz_member(sandbox, packed, listed=bytes(10))
+    assert path.stat().st_size < (1 << 20)
+    assert_refused(sandbox, path, IntegrityError, "holds more than the 10 bytes the manifest says")
+
+
+def test_refuses_a_member_with_an_unknown_codec(sandbox):
+    manifest = make_manifest(files=(entry("model/model.pdmodel", MODEL),))
+    info, data = regular("model/model.pdmodel", MODEL)
+    info.pax_headers = {CODEC_KEY: "pickle"}
+    path = build_tar(
+        sandbox / "in" / "b.edgebundle", "plain", [regular("manifest.json", manifest.canonical_bytes()), (info, data)]
+    )
+    assert_refused(sandbox, path, IntegrityError, "unknown codec 'pickle'")
+
+
+def test_refuses_a_manifest_that_is_not_the_first_member(sandbox, encoding):
+    files = model_files()
+    manifest = make_manifest(files=tuple(entry(n, d) for n, d in sorted(files.items())))
+    members = [regular(n, d) for n, d in sorted(files.items())] + [regular("manifest.json", manifest.canonical_bytes())]
+    path = build_tar(sandbox / "in" / "b.edgebundle", encoding, members)
+    assert_refused(sandbox, path, IntegrityError, "has no manifest.json first")
 
 
 def _tar_header(info: tarfile.TarInfo) -> bytes:

@@ -16,7 +16,8 @@ from typing import Any, List
 
 import pytest
 
-from edge_sdk.bundle import InputSpec, Manifest, StageMetrics, write_bundle
+from edge_sdk.bundle import CODEC_KEY, InputSpec, Manifest, StageMetrics, write_bundle
+from tests.conftest import OLD_FORMAT_TINY_BUNDLE
 
 FILES = {"model/model.pdmodel": b"program" * 50, "model/model.pdiparams": b"\x01\x02\x03" * 500}
 
@@ -58,17 +59,19 @@ def test_verify_ok(tmp_path, bundle):
 
 def test_verify_corrupt_bundle_prints_one_error_line(tmp_path, bundle):
     with tarfile.open(str(bundle)) as tar:
-        offset = tar.getmember("model/model.pdiparams").offset_data
-    data = bytearray(lzma.decompress(bundle.read_bytes()))
-    data[offset + 100] ^= 0xFF
+        program = tar.getmember("model/model.pdmodel")
+    assert program.pax_headers[CODEC_KEY] == "xz"
+    data = bytearray(bundle.read_bytes())
+    data[program.offset_data + program.size - 6] ^= 0xFF  # the member's xz stream footer, under a CRC32
     corrupt = tmp_path / "corrupt.edgebundle"
-    corrupt.write_bytes(lzma.compress(bytes(data), format=lzma.FORMAT_XZ))  # well-formed xz, a tampered member
-    assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "sha256")
-
-    damaged = bytearray(bundle.read_bytes())
-    damaged[len(damaged) - 6] ^= 0xFF  # the xz stream footer (its backward size, under a CRC32)
-    corrupt.write_bytes(bytes(damaged))
+    corrupt.write_bytes(bytes(data))
     assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "corrupt compressed data")
+
+    old_tar = bytearray(lzma.decompress(OLD_FORMAT_TINY_BUNDLE.read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(old_tar))) as tar:
+        old_tar[tar.getmember("model/model.pdiparams").offset_data + 100] ^= 0xFF
+    corrupt.write_bytes(lzma.compress(bytes(old_tar), format=lzma.FORMAT_XZ))  # an older xz bundle, a tampered member
+    assert_one_error_line(edge_sdk("bundle", "verify", str(corrupt), cwd=tmp_path), "sha256")
 
 
 def test_verify_truncated_and_missing_bundles(tmp_path, bundle):

@@ -12,12 +12,13 @@ import sys
 import tarfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edge_sdk.bundle import (
+    CODEC_KEY,
     InputSpec,
     Manifest,
     generate_keypair,
@@ -29,6 +30,7 @@ from edge_sdk.bundle import (
 )
 from edge_sdk.errors import BundleError, SignatureError
 from edge_sdk.signing import load_private_key, load_public_key
+from tests.conftest import OLD_FORMAT_TINY_BUNDLE
 
 FILES = {"model/model.pdmodel": b"program" * 50, "model/model.pdiparams": b"\x01\x02\x03" * 500}
 
@@ -61,11 +63,16 @@ def keys(tmp_path) -> Dict[str, Path]:
 
 
 def members_of(path: Path) -> Dict[str, bytes]:
+    """Every member's file as extracted (xz members decoded)."""
     with tarfile.open(str(path)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        return {
+            m.name: lzma.decompress(data) if m.pax_headers.get(CODEC_KEY) == "xz" else data
+            for m, data in ((m, tar.extractfile(m).read()) for m in tar.getmembers())
+        }
 
 
 def retar(path: Path, members: Dict[str, bytes]) -> Path:
+    """Write `members` as a bundle of today's layout, every file stored as it is."""
     with tarfile.open(str(path), "w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
@@ -204,31 +211,30 @@ def test_sign_bundle_in_place_and_to_another_file(tmp_path, keys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.edgebundle", "keys", "other", "signed.edgebundle"]
 
 
-def _xz_streams(data: bytes) -> List[bytes]:
-    """The concatenated xz streams of a file, each as its own bytes."""
-    streams = []
-    while data:
-        decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-        decompressor.decompress(data)
-        streams.append(data[: len(data) - len(decompressor.unused_data)])
-        data = decompressor.unused_data
-    return streams
-
-
-def test_signing_copies_the_compressed_files_and_matches_a_bundle_written_signed(tmp_path, keys):
-    """Signing replaces the small first xz stream (manifest, signature) and copies the files' stream as it is:
-    a 90 MB bundle took 82 s to sign when the whole tar was compressed again."""
+def test_signing_copies_the_files_records_and_matches_a_bundle_written_signed(tmp_path, keys):
+    """Signing writes the manifest and signature records anew and copies the files' records as they are
+    (a 90 MB bundle took 82 s to sign when the whole tar was compressed again)."""
     manifest = replace(make_manifest(), created_at="2026-01-02T03:04:05Z")
     unsigned = write_bundle(tmp_path / "unsigned.edgebundle", manifest, FILES)
     written_signed = write_bundle(tmp_path / "written.edgebundle", manifest, FILES, signing_key=keys["private"])
     signed = sign_bundle(unsigned, keys["private"], out=tmp_path / "signed.edgebundle")
-    head, body = _xz_streams(unsigned.read_bytes())
-    assert _xz_streams(signed.read_bytes())[1:] == [body]
+    with tarfile.open(str(unsigned)) as tar:
+        body = unsigned.read_bytes()[tar.getmembers()[1].offset :]
+    assert signed.read_bytes().endswith(body) and len(signed.read_bytes()) > len(unsigned.read_bytes())
     assert signed.read_bytes() == written_signed.read_bytes()
     assert set(members_of(signed)) == {"manifest.json", "manifest.sig", *FILES}
     verify_bundle(signed, trusted_keys=[keys["public"]])
     resigned = sign_bundle(signed, keys["other_private"], out=tmp_path / "resigned.edgebundle")
     assert verify_bundle(resigned, trusted_keys=[keys["other_public"]]) == verify_bundle(signed)
+
+
+def test_signing_an_older_xz_bundle_writes_todays_layout(tmp_path, keys):
+    """A bundle written before each file had its own codec (OLD_FORMAT_TINY_BUNDLE) is signed into today's layout."""
+    signed = sign_bundle(OLD_FORMAT_TINY_BUNDLE, keys["private"], out=tmp_path / "signed.edgebundle")
+    assert not signed.read_bytes().startswith(b"\xfd7zXZ\x00")
+    with tarfile.open(str(signed), mode="r:") as tar:
+        assert tar.getnames()[:2] == ["manifest.json", "manifest.sig"]
+    assert verify_bundle(signed, trusted_keys=[keys["public"]]) == verify_bundle(OLD_FORMAT_TINY_BUNDLE)
 
 
 def test_sign_refuses_a_corrupt_bundle(tmp_path, keys):
