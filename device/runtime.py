@@ -441,13 +441,14 @@ def bench_bundle(
 
     predictor-only: `Detector.infer` alone (Paddle Inference: inputs in, boxes out) on source frames
     preprocessed before the clock starts; the most any pipeline can reach. full pipeline: what
-    `edge-sdk run` does without sinks: the source pulled frame by frame, preprocessing in its own
-    thread overlapped with inference, postprocessing. The `frames` are split over `rounds`
+    `edge-sdk run` does without sinks: the source pulled frame by frame, preprocessing, inference
+    and postprocessing (overlapped or in turn as `device.pipeline.overlap_for` decides from the
+    plan). The `frames` are split over `rounds`
     alternating rounds of both, so a change of machine load hits both sides alike; each figure is
     the median over rounds, and ratio is the median of the per-round ratios pipeline/predictor (at
     most about 1: the runtime's efficiency). Returns plan, predictor_fps, predictor_ms,
     pipeline_fps, ratio, round_ratios, e2e_p50_ms and e2e_p99_ms (capture to detections, ms),
-    dropped, and the last round's latency_ms per stage.
+    dropped, overlap (bool) and the last round's latency_ms per stage.
     """
     import numpy as np
 
@@ -499,5 +500,6 @@ def bench_bundle(
         "e2e_p50_ms": float(np.percentile(end_to_end, 50)),
         "e2e_p99_ms": float(np.percentile(end_to_end, 99)),
         "dropped": dropped,
+        "overlap": pipeline.overlap,
         "latency_ms": stats["latency_ms"],
     }

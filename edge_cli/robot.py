@@ -202,11 +202,18 @@ def bench_command(
     predictor-only: Paddle Inference alone (inputs in, boxes out) on source
     frames preprocessed beforehand: the ceiling for any pipeline.
     full pipeline: `edge-sdk run` without sinks: the source read frame by
-    frame, preprocessing overlapped with inference, postprocessing. e2e is
-    capture to detections; nothing is dropped.
-    ratio: full pipeline / predictor-only, the median over alternating
-    rounds of both (so a change of machine load hits both alike); at most
-    about 1, the share of the predictor's speed the runtime keeps.
+    frame, preprocessed, inferred and postprocessed, in turn in one thread
+    when a CPU predictor takes every core, else with reading and
+    preprocessing overlapped with inference (the line says which). fps:
+    frames per second; e2e p50/p99: milliseconds from capture to detections;
+    dropped: frames never processed (0: every frame is taken).
+    predictor-only fps and ms: frames per second and median milliseconds
+    per frame of the predictor alone.
+    ratio: full pipeline fps / predictor-only fps, the median of the
+    per-round ratios over alternating rounds of both (so a change of
+    machine load hits both alike): the share of the predictor's speed the
+    runtime keeps. It cannot truly exceed 1; above 1.05 means the load
+    changed during the rounds and a note says so.
 
     Example: edge-sdk bench --bundle m.edgebundle --source demo --frames 200
     """
@@ -229,8 +236,12 @@ def bench_command(
         )
     )
     typer.echo(
-        "full pipeline   {:8.1f} fps  (e2e p50 {:.1f} ms, p99 {:.1f} ms, dropped {})".format(
-            result["pipeline_fps"], result["e2e_p50_ms"], result["e2e_p99_ms"], result["dropped"]
+        "full pipeline   {:8.1f} fps  (e2e p50 {:.1f} ms, p99 {:.1f} ms, dropped {}; {})".format(
+            result["pipeline_fps"],
+            result["e2e_p50_ms"],
+            result["e2e_p99_ms"],
+            result["dropped"],
+            "overlapped" if result["overlap"] else "in turn, one thread",
         )
     )
     typer.echo(

@@ -339,8 +339,10 @@ def test_bench_alternates_rounds_and_says_what_each_number_means(tiny_bundle, vi
     per_round = [float(value) for value in rounds.split(")")[0].split()]
     assert len(per_round) == 3 and float(ratio) == pytest.approx(sorted(per_round)[1], abs=0.01)
     assert "dropped 0" in result.output
+    assert ("; overlapped)" if (os.cpu_count() or 1) > 1 else "; in turn, one thread)") in result.output
     help_text = " ".join(CliRunner().invoke(app, ["bench", "--help"]).output.split())
-    for meaning in ("predictor-only: Paddle Inference alone", "full pipeline: `edge-sdk run` without", "ratio: full"):
+    meanings = ("predictor-only: Paddle Inference alone", "full pipeline: `edge-sdk run` without", "ratio: full")
+    for meaning in meanings + ("e2e p50/p99: milliseconds from capture", "It cannot truly exceed 1"):
         assert meaning in help_text
 
 
