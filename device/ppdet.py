@@ -7,6 +7,8 @@ step the runtime cannot reproduce exactly is refused with its name rather than g
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -132,14 +134,38 @@ def parse_infer_cfg(path: Union[str, Path]) -> PpdetConfig:
     )
 
 
-def program_op_types(pdmodel: Union[str, Path]) -> List[str]:
-    """The op types of a serialized Paddle program (every block), sorted."""
+def _framework_pb2() -> Any:
+    """Paddle's ProgramDesc protobuf module, without importing Paddle itself when it is not loaded yet.
+
+    `import paddle` takes 4-6 s here, most of `bundle import-ppdet`; framework_pb2.py needs only protobuf.
+    It is loaded under its own name, so a later `import paddle` uses this very module (one descriptor pool
+    entry). Any surprise falls back to the plain import.
+    """
+    name = "paddle.base.proto.framework_pb2"
+    if "paddle" not in sys.modules and name not in sys.modules:
+        try:
+            spec = importlib.util.find_spec("paddle")
+            locations = [] if spec is None else list(spec.submodule_search_locations or [])
+            source = Path(locations[0], "base", "proto", "framework_pb2.py") if locations else None
+            if source is not None and source.is_file():
+                module_spec = importlib.util.spec_from_file_location(name, str(source))
+                if module_spec is not None and module_spec.loader is not None:
+                    module = importlib.util.module_from_spec(module_spec)
+                    module_spec.loader.exec_module(module)
+                    sys.modules[name] = module
+                    return module
+        except Exception:  # noqa: BLE001 - an unexpected layout: the plain import below
+            sys.modules.pop(name, None)
     try:
         from paddle.base.proto import framework_pb2
     except ImportError:  # Paddle before 2.5
         from paddle.fluid.proto import framework_pb2  # type: ignore[no-redef]
+    return framework_pb2
 
-    program = framework_pb2.ProgramDesc()
+
+def program_op_types(pdmodel: Union[str, Path]) -> List[str]:
+    """The op types of a serialized Paddle program (every block), sorted."""
+    program = _framework_pb2().ProgramDesc()
     try:
         program.ParseFromString(Path(pdmodel).read_bytes())
     except Exception as exc:  # protobuf's DecodeError and friends

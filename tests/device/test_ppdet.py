@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,28 @@ def test_import_ppdet_command(ppdet_export, tmp_path):
     result = CliRunner().invoke(app, ["bundle", "import-ppdet", str(ppdet_export), "--out", str(out), "--name", "pcb"])
     assert result.exit_code == 0, result.output
     assert out.is_file() and str(out) in result.output
+
+
+def test_import_does_not_import_paddle(ppdet_export, tmp_path):
+    """Importing Paddle took 4-6 s of `bundle import-ppdet`: the program's op types are read with its protobuf
+    module alone, and Paddle imported afterwards in the same process shares that module."""
+    script = (
+        "import sys\n"
+        "from device.ppdet import import_ppdet, program_op_types\n"
+        "import_ppdet(sys.argv[1], sys.argv[2])\n"
+        "assert 'paddle' not in sys.modules, 'paddle was imported'\n"
+        "ops = program_op_types(sys.argv[1] + '/model.pdmodel')\n"
+        "import paddle.inference\n"
+        "from paddle.base.proto import framework_pb2\n"
+        "assert framework_pb2 is sys.modules['paddle.base.proto.framework_pb2']\n"
+        "assert 'multiclass_nms3' in ops and 'conv2d' in ops, ops\n"
+    )
+    out = tmp_path / "quick.edgebundle"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(ppdet_export), str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()
 
 
 def test_incomplete_export_folder(ppdet_export, tmp_path):
