@@ -37,6 +37,13 @@ def _read_state(path: str) -> Dict[str, np.ndarray]:
         raise DataError("cannot read weights file {}: {}".format(path, exc)) from None
     if not isinstance(state, dict) or not state:
         raise DataError("weights file {} does not hold a state dict".format(path))
+    if isinstance(state.get("model"), dict) and "arch" in state:  # compress.checkpoint's best.pdparams / last.pdckpt
+        raise DataError(
+            "weights file {} is an edge-sdk training checkpoint (yolov3_{}, width {:g}), not a PaddleDetection one: "
+            "`edge-sdk compress` exports it (each stage's bundle is in its WORKDIR)".format(
+                path, state["arch"], float(state.get("width", 1.0))
+            )
+        )
     return {str(k): np.asarray(v) for k, v in state.items()}
 
 

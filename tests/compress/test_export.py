@@ -311,6 +311,30 @@ def test_cli_export_errors_are_one_line(tiny_checkpoint, tmp_path, change, messa
     assert not (tmp_path / "x.edgebundle").exists()
 
 
+def test_cli_export_says_what_an_edge_sdk_training_checkpoint_is(tiny_checkpoint, tmp_path):
+    """compress's best.pdparams wraps the weights with the model's meta (anchors included, which export
+    would not use): one line pointing at compress instead of "has no parameter ...", nothing written."""
+    import paddle
+
+    from compress.checkpoint import save_best
+    from compress.models import DEFAULT_ANCHORS
+
+    meta = {"arch": "mobilenet_v3_large", "width": 0.25, "anchors": DEFAULT_ANCHORS, "classes": ["a", "b", "c"]}
+    best = save_best(tmp_path / "best.pdparams", paddle.load(str(tiny_checkpoint)), 3, 0.5, dict(meta, input_size=96))
+    out = tmp_path / "x.edgebundle"
+    result = _cli(
+        "export", "--arch", "mobilenet_v3_large", "--weights", str(best), "--num-classes", "3",
+        "--input-size", "96", "--width", "0.25", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: weights file {} is an edge-sdk training checkpoint (yolov3_mobilenet_v3_large, width 0.25), "
+        "not a PaddleDetection one: `edge-sdk compress` exports it (each stage's bundle is in its WORKDIR)".format(best)
+    ]
+    assert not out.exists()
+
+
 def test_cli_export_ships_golden_images_the_robot_checks(tiny_checkpoint, tmp_path):
     from calibration.golden import self_check
     from device.golden import load_golden
