@@ -524,13 +524,20 @@ def _scan(
     limits: _Limits,
     trusted_keys: Optional[Union[PathLike, Iterable[PathLike]]],
     dest: Optional[Path],
+    head_only: bool = False,
+    name: Optional[str] = None,
 ) -> _ScanResult:
-    """Check the bundle at `path` completely in one pass over its bytes; write its files under `dest` if given."""
+    """Check the bundle at `path` completely in one pass over its bytes; write its files under `dest` if given.
+
+    head_only: read only as far as the manifest (checked alone; sha256 and size are then left empty).
+    name: the bundle's name in error messages (default: the file's).
+    """
     trusted = None
     if trusted_keys is not None:
         from edge_sdk.signing import load_trusted_keys
 
         trusted = load_trusted_keys(trusted_keys)
+    bundle_name = name or path.name
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # opening a FIFO would block
             raise BundleError("bundle {} is not a regular file".format(path))
@@ -545,7 +552,7 @@ def _scan(
         max_file_bytes = limits.total_bytes + (limits.members + 4) * 4096
         if info.st_size > max_file_bytes:
             raise UnsafeArchiveError(
-                "bundle {} is {} bytes, over the limit of {}".format(path.name, info.st_size, max_file_bytes)
+                "bundle {} is {} bytes, over the limit of {}".format(bundle_name, info.st_size, max_file_bytes)
             )
         max_tar_bytes = min(max_file_bytes, MAX_EXPANSION * info.st_size + EXPANSION_ALLOWANCE)
         magic = f.read(len(XZ_MAGIC))
@@ -553,19 +560,23 @@ def _scan(
         raw = _HashingFile(f)
         try:
             stream = _tar_stream(raw, magic)
-            reader = _CappedReader(stream, max_tar_bytes, path.name)
-            scan = _scan_tar(reader, path.name, limits, max_tar_bytes, trusted, dest)
+            reader = _CappedReader(stream, max_tar_bytes, bundle_name)
+            scan = _scan_tar(reader, bundle_name, limits, max_tar_bytes, trusted, dest, head_only)
+            if head_only:
+                return _ScanResult(scan[0], "", 0, False, None, scan[2] if stream is raw else None)
             while reader.read(CHUNK_BYTES):  # to the end: xz and gzip check their checksums there
                 pass
             raw.read_to_end()
         except (tarfile.TarError, EOFError) as exc:  # EOFError: a compressed stream that ends early
-            raise IntegrityError("bundle {} is truncated or not a tar archive ({})".format(path.name, exc)) from None
+            raise IntegrityError("bundle {} is truncated or not a tar archive ({})".format(bundle_name, exc)) from None
         except (zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
             if isinstance(exc, lzma.LZMAError) and "memory usage limit" in str(exc).lower():
                 raise UnsafeArchiveError(
-                    "bundle {} needs more than {} MiB of memory to decompress".format(path.name, XZ_MEMORY_LIMIT >> 20)
+                    "bundle {} needs more than {} MiB of memory to decompress".format(
+                        bundle_name, XZ_MEMORY_LIMIT >> 20
+                    )
                 ) from None
-            raise IntegrityError("bundle {} has corrupt compressed data ({})".format(path.name, exc)) from None
+            raise IntegrityError("bundle {} has corrupt compressed data ({})".format(bundle_name, exc)) from None
     manifest, signer, body_offset = scan
     return _ScanResult(
         manifest,
@@ -584,6 +595,7 @@ def _scan_tar(
     max_decoded_bytes: int,
     trusted: Optional[Dict[str, Any]],
     dest: Optional[Path],
+    head_only: bool = False,
 ) -> Tuple[Manifest, Optional[str], int]:
     """Read the tar once, in order: manifest.json, manifest.sig if signed (both checked before anything is
     written), then every file, each header checked before its data is read. Returns (manifest, signer key
@@ -607,6 +619,8 @@ def _scan_tar(
                 _check_header(member, limits, seen)
     body_offset = member.offset if member is not None else tar.offset
     manifest = _parse_manifest(manifest_bytes)
+    if head_only:
+        return manifest, None, body_offset
     head_bytes = len(manifest_bytes) + len(signature_bytes or b"")
     _check_listed(manifest, head_bytes, limits, max_decoded_bytes, bundle_name)
     listed = {entry.path: entry for entry in manifest.files}
@@ -942,9 +956,9 @@ def sign_bundle(path: PathLike, private_key_path: PathLike, out: Optional[PathLi
     """Verify a bundle, then write it atomically (to `out`, default in place) with manifest.sig.
 
     An existing signature is replaced. Only the first records (manifest and signature) are written
-    anew; the files' records are copied as they are. Older bundles (inside an xz or gzip stream) are
-    written in today's layout. The written file is verified before it replaces the target. Returns
-    the written path.
+    anew; the files' records are copied as they are and verified once, as written, before the copy
+    replaces the target. Older bundles (inside an xz or gzip stream) are written in today's layout.
+    Returns the written path.
     """
     from edge_sdk.signing import load_private_key, sign_manifest
 
@@ -953,7 +967,7 @@ def sign_bundle(path: PathLike, private_key_path: PathLike, out: Optional[PathLi
     target = path if out is None else Path(out)
     staging_parent = target.parent if target.parent.is_dir() else None
     limits = _Limits(DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_TOTAL_BYTES, DEFAULT_MAX_MEMBERS)
-    scan = _scan(path, limits, None, None)
+    scan = _scan(path, limits, None, None, head_only=True)  # the copy is verified in full below
     if scan.body_offset is None:
         with open_bundle(path, staging_dir=staging_parent) as bundle:
             files = {entry.path: bundle.path_of(entry.path) for entry in bundle.manifest.files}
@@ -965,7 +979,7 @@ def sign_bundle(path: PathLike, private_key_path: PathLike, out: Optional[PathLi
             dst.write(head)
             src.seek(scan.body_offset)
             shutil.copyfileobj(src, dst, CHUNK_BYTES)
-        written = _scan(tmp, limits, None, None)
+        written = _scan(tmp, limits, None, None, name=path.name)
         if written.manifest != scan.manifest:
             raise BundleError("bundle {} changed while it was signed".format(path))
     return target

@@ -243,9 +243,12 @@ def test_sign_refuses_a_corrupt_bundle(tmp_path, keys):
     members["model/model.pdmodel"] = b"X" + members["model/model.pdmodel"][1:]
     retar(path, members)
     corrupt = path.read_bytes()
-    with pytest.raises(BundleError, match="sha256"):
+    with pytest.raises(BundleError, match="bundle member 'model/model.pdmodel' does not match its sha256"):
         sign_bundle(path, keys["private"])
     assert path.read_bytes() == corrupt
+    with pytest.raises(BundleError, match="sha256"):  # the copy is verified before it is kept
+        sign_bundle(path, keys["private"], out=tmp_path / "signed.edgebundle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.edgebundle", "keys", "other"]
 
 
 def test_public_key_is_not_a_signing_key(tmp_path, keys):
