@@ -121,7 +121,7 @@ class PostprocessSection:
 
     conf_threshold: float = checked(0.005, minimum=0.0, maximum=1.0)
     nms_iou: float = checked(0.45, minimum=0.0, maximum=1.0)
-    nms_top_k: int = checked(1000, minimum=1, maximum=MAX_NMS_CANDIDATES)
+    nms_top_k: int = checked(100, minimum=1, maximum=MAX_NMS_CANDIDATES)  # compress.export.EXPORT_POSTPROCESS
     keep_top_k: int = checked(100, minimum=1, maximum=MAX_DETECTIONS)
     score_threshold: float = checked(0.3, minimum=0.0, maximum=1.0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -166,7 +167,7 @@ def test_tiny_bundle_manifest_and_model(tiny_bundle, tiny_model):
         assert spec.size == (96, 96) and spec.resize_mode == "stretch" and spec.interpolation == "cubic"
         assert spec.channel_order == "RGB" and spec.scale is True
         assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
-        assert manifest.postprocess == Postprocess(conf_threshold=0.005, nms_iou=0.45, nms_top_k=1000, keep_top_k=100)
+        assert manifest.postprocess == Postprocess(conf_threshold=0.005, nms_iou=0.45, nms_top_k=100, keep_top_k=100)
         trt = manifest.tensorrt
         assert trt.min_subgraph_size == 3 and trt.workspace_bytes == 1 << 30
         assert trt.dynamic_shapes["image"].opt == (1, 3, 96, 96) and trt.dynamic_shapes["im_shape"].max == (1, 2)
@@ -187,6 +188,31 @@ def test_tiny_bundle_manifest_and_model(tiny_bundle, tiny_model):
         ref_boxes, ref_num = InferenceModel(tiny_model)(*[paddle.to_tensor(a) for a in arrays])
     assert bbox_num.tolist() == ref_num.numpy().tolist() and bbox_num[0] > 0
     np.testing.assert_allclose(boxes, ref_boxes.numpy(), rtol=1e-4, atol=1e-2)
+
+
+def test_the_nms_candidate_cap_keeps_a_trained_models_boxes(tiny_model):
+    """The export's 100 candidates per class (EXPORT_POSTPROCESS) against PaddleDetection's 1000: at a floor
+    where the model has as many candidates as a trained one (the demo's: at most 35 per image), the boxes
+    are the same."""
+    from compress.export import EXPORT_POSTPROCESS
+    from edge_sdk.manifest import Postprocess
+
+    assert EXPORT_POSTPROCESS.nms_top_k == 100 and Postprocess().nms_top_k == 1000
+    arrays = [paddle.to_tensor(a) for a in _inputs(seed=3)]
+    with paddle.no_grad():
+        _boxes, scores = InferenceModel(tiny_model, Postprocess(conf_threshold=0.0)).decode(
+            tiny_model(arrays[0]), arrays[1], arrays[2]
+        )
+        per_image = np.sort(scores.numpy().reshape(scores.shape[0], -1), axis=1)[:, ::-1]
+        assert (per_image > EXPORT_POSTPROCESS.conf_threshold).all()  # seeded: every candidate passes the floor
+        trained_like = float(per_image[:, 35].max())  # at most 35 candidates in any image
+        outputs = {}
+        for top_k in (1000, EXPORT_POSTPROCESS.nms_top_k):
+            post = dataclasses.replace(EXPORT_POSTPROCESS, conf_threshold=trained_like, nms_top_k=top_k)
+            boxes, bbox_num = InferenceModel(tiny_model, post)(*arrays)
+            outputs[top_k] = (boxes.numpy(), bbox_num.numpy())
+    assert outputs[1000][1].tolist() == outputs[100][1].tolist() and outputs[100][1].sum() > 0
+    np.testing.assert_array_equal(outputs[1000][0], outputs[100][0])
 
 
 def test_checked_in_tiny_bundle_is_todays_export(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -114,8 +115,11 @@ def test_a_recipe_that_sets_nothing_is_refused(tmp_path: Path, text: str) -> Non
         load_recipe(empty)
 
 
-def test_defaults_follow_paddledetection() -> None:
+def test_defaults_follow_paddledetection_but_sort_fewer_nms_candidates() -> None:
+    from compress.export import EXPORT_POSTPROCESS
+
     r = recipe_from_dict({})
     assert r.export.postprocess.conf_threshold == 0.005 and r.export.postprocess.nms_iou == 0.45
-    assert r.export.postprocess.nms_top_k == 1000 and r.export.postprocess.keep_top_k == 100
+    assert r.export.postprocess.nms_top_k == 100 and r.export.postprocess.keep_top_k == 100
+    assert dataclasses.asdict(r.export.postprocess) == dataclasses.asdict(EXPORT_POSTPROCESS)
     assert r.train.loss.ignore_thresh == 0.7 and r.stages == ["train", "export"]
