@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
+from edge_sdk.quiet import VERBOSE_HELP, quiet_libraries
+
 _MAX_CAMERA_SIDE = 8192
 _MAX_THREADS = 256
 _PRECISION_HELP = "fp32, fp16 or int8 (default: the bundle's own). Falls back (with a note) when the machine cannot."
@@ -131,6 +133,7 @@ def run_command(
     trusted_key: Optional[Path] = typer.Option(
         None, "--trusted-key", help="Require the bundle to be signed by this public key (file or folder)."
     ),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Run the detector on a camera, stream, video file or image folder.
 
@@ -144,6 +147,7 @@ def run_command(
 
     Example: edge-sdk run --source boards/ --bundle m.edgebundle --jsonl out.jsonl
     """
+    quiet_libraries(verbose)
     from device.runtime import RunOptions, run
 
     if coco_gt is not None and coco_results is None:
@@ -196,6 +200,7 @@ def bench_command(
     threads: Optional[int] = typer.Option(
         None, "--threads", min=1, max=_MAX_THREADS, help="CPU math threads (default: all cores)."
     ),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Measure how fast the predictor runs alone and inside the full pipeline.
 
@@ -217,6 +222,7 @@ def bench_command(
 
     Example: edge-sdk bench --bundle m.edgebundle --source demo --frames 200
     """
+    quiet_libraries(verbose)
     from device.runtime import bench_bundle
 
     result = bench_bundle(

@@ -12,16 +12,13 @@ from typing import Any, List, Optional, Tuple
 import typer
 
 from edge_sdk.manifest import ARCHS
-from edge_sdk.quiet import quiet_libraries
+from edge_sdk.quiet import VERBOSE_HELP, quiet_libraries
 
 INTERRUPTED_EXIT = 130
 WORKER_SCRIPT = Path(__file__).resolve().parent / "worker.py"
 """The script paddle.distributed.launch runs in every process (it runs files, not modules)."""
 DEMO_RECIPE = Path(__file__).resolve().parent / "recipes" / "demo.yml"
 """The built-in demo recipe, shipped as package data."""
-VERBOSE_HELP = (
-    "Also show what Paddle and PaddleSlim print (glog lines, their warnings and INFO logs, INT8 pass counts)."
-)
 DEMO_TRAIN_PROCESSES = 2
 """The demo trains data-parallel on this many CPU processes: one dygraph process keeps about one core busy."""
 
@@ -314,6 +311,7 @@ def export_command(
         "detections, which the robot's install compares (without them it only checks that the model loads).",
     ),
     golden_count: int = typer.Option(4, "--golden-count", min=1, max=64, help="Golden images to ship."),
+    verbose: bool = typer.Option(False, "--verbose", help=VERBOSE_HELP),
 ) -> None:
     """Export a trained checkpoint straight to an fp32 bundle (no training, no compression).
 
@@ -323,6 +321,7 @@ def export_command(
     """
     from edge_sdk.errors import DataError, RecipeError
 
+    quiet_libraries(verbose)
     if arch not in ARCHS:
         raise RecipeError("unknown architecture {!r}: expected one of {}".format(arch, ", ".join(ARCHS)))
     if not weights.is_file():
@@ -437,6 +436,7 @@ def eval_command(
     as_json: bool = typer.Option(
         False, "--json", help="Print machine-readable JSON (keys mAP, mAP50, per_class, ...; null when undefined)."
     ),
+    verbose: bool = typer.Option(False, "--verbose", help="With --bundle: " + VERBOSE_HELP),
 ) -> None:
     """COCO bbox mAP, computed like pycocotools' COCOeval: of a results file
     against ground truth (--gt, --dt), or of a bundle on a COCO dataset
@@ -449,6 +449,7 @@ def eval_command(
     """
     from edge_sdk.metrics import evaluate_coco
 
+    quiet_libraries(verbose)
     if bundle is not None or data is not None:
         if bundle is None or data is None or gt is not None or dt is not None:
             raise typer.BadParameter("give --bundle and --data together, or --gt and --dt", param_hint="--bundle")

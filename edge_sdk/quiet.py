@@ -23,6 +23,10 @@ from typing import Iterator
 
 LIBRARIES = ("paddle", "paddleslim", "_distutils_hack")
 """Top-level modules whose warnings and log records below ERROR are routine."""
+VERBOSE_HELP = (
+    "Also show what Paddle and PaddleSlim print (glog lines, their warnings and INFO logs, INT8 pass counts)."
+)
+"""The help of `--verbose`, the same on every command that runs Paddle."""
 GLOG_LEVEL = "2"
 """GLOG_minloglevel when quiet: ERROR and FATAL only."""
 
@@ -47,6 +51,7 @@ def quiet_libraries(verbose: bool) -> None:
     global _quiet
     _quiet = not verbose
     if verbose:
+        os.environ["GLOG_minloglevel"] = "0"  # also when a quiet parent process (or test) left it at GLOG_LEVEL
         return
     os.environ.setdefault("GLOG_minloglevel", GLOG_LEVEL)
     pattern = r"({})(\.|$)".format("|".join(LIBRARIES))

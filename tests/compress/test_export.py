@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -270,6 +271,9 @@ def test_export_bundle_options(tiny_model, tmp_path):
         export_bundle(tiny_model, classes[:3], (96, 96), tmp_path / "bad.edgebundle", "bad", "1")
 
 
+GLOG_LINE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)
+
+
 def _cli(*args, timeout=240):
     code = "import sys; from edge_cli import main; sys.argv = ['edge-sdk'] + sys.argv[1:]; main()"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
@@ -296,6 +300,7 @@ def test_cli_export_writes_a_bundle(tiny_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stdout
     assert "exporting at 96x128 and writing {}".format(out) in result.stderr.splitlines()  # said in a log too
+    assert not GLOG_LINE.search(result.stderr), result.stderr  # Paddle's "New Executor is Running" hidden
     with open_bundle(out) as bundle:
         manifest = bundle.manifest
         assert manifest.classes == ("short", "spur", "open") and manifest.architecture == "yolov3_mobilenet_v3_large"
@@ -372,10 +377,11 @@ def test_cli_export_ships_golden_images_the_robot_checks(tiny_checkpoint, tmp_pa
     result = _cli(
         "export", "--arch", "mobilenet_v3_large", "--weights", str(tiny_checkpoint), "--num-classes", "3",
         "--input-size", "96", "--width", "0.25", "--out", str(out),
-        "--golden-images", str(tmp_path / "data" / "images"), "--golden-count", "2",
+        "--golden-images", str(tmp_path / "data" / "images"), "--golden-count", "2", "--verbose",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "2 golden images" in result.stdout
+    assert GLOG_LINE.search(result.stderr), result.stderr  # --verbose shows what Paddle prints
     with open_bundle(out) as bundle:
         assert len(load_golden(bundle).entries) == 2
         assert self_check(bundle) == []

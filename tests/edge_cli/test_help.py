@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from edge_cli import app
+from edge_sdk.quiet import VERBOSE_HELP
 
 PYTHON_TYPE_LABELS = ("<list[", "<int range>", "<float range>", "<int>", "<float>", "<str>", "<path>", "<bool>")
 
@@ -35,3 +36,16 @@ def test_help_shows_an_example_and_no_python_type_names(words):
     assert result.exit_code == 0, result.output
     assert re.search(r"Example: (sudo )?edge-sdk {}\b".format(" ".join(words)), result.output), result.output
     assert not [label for label in PYTHON_TYPE_LABELS if label in result.output], result.output
+
+
+PADDLE_COMMANDS = [("compress",), ("demo",), ("export",), ("eval",), ("run",), ("bench",)]
+"""The commands that run Paddle, whose routine output `edge_sdk.quiet` hides."""
+
+
+@pytest.mark.parametrize("words", PADDLE_COMMANDS, ids=" ".join)
+def test_every_command_that_runs_paddle_shows_its_output_with_verbose(words):
+    command = typer.main.get_command(app)
+    for word in words:
+        command = command.commands[word]
+    verbose = [param for param in command.params if "--verbose" in param.opts]
+    assert verbose and VERBOSE_HELP in verbose[0].help, [param.opts for param in command.params]
