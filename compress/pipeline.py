@@ -153,7 +153,10 @@ def run_stages(ctx: StageContext, pipeline: Sequence[str], selected: Optional[Se
                     )
                 )
             if existing.key != key:
-                ctx.log("note: using the {} stage's output although its inputs changed since".format(stage))
+                ctx.log(
+                    "note: using the {} stage's output although its recipe sections, data or input changed "
+                    "since it ran (it is not in --stages)".format(stage)
+                )
             records[stage] = existing
             continue
         if existing is not None and existing.key == key:

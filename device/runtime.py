@@ -363,13 +363,14 @@ def _open_run_source(spec: Any, options: RunOptions, notifier: SystemdNotifier, 
     from device.sources import STREAM_OPEN_TIMEOUT_S, open_source
 
     open_timeout = options.open_timeout or STREAM_OPEN_TIMEOUT_S
+    what = spec.uri if spec.kind == spec.uri else "{} {}".format(spec.kind, spec.uri)  # "demo", "folder boards/"
     if spec.kind == "stream":
         message = "opening {} (gives up after {:g} s)".format(spec.uri, open_timeout)
     elif spec.live:
-        message = "opening {} {}".format(spec.kind, spec.uri)
+        message = "opening " + what
     else:
-        message = "opening {} {}: {}".format(
-            spec.kind, spec.uri, "paced like a camera (--realtime)" if options.realtime else "every frame"
+        message = "opening {}: {}".format(
+            what, "paced like a camera (--realtime)" if options.realtime else "every frame"
         )
     log(message)
     notifier.notify(STATUS=message)

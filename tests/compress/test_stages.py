@@ -163,8 +163,13 @@ def test_stages_subset_reads_earlier_stages_from_disk_and_names_a_missing_one(fi
     from compress.pipeline import run
 
     workdir, _ = finished
-    result = run(_recipe(), workdir, progress=False, log=lambda _m: None, stages=["int8"])
+    lines = []
+    result = run(_recipe({"train": {"lr": 0.002}}), workdir, progress=False, log=lines.append, stages=["int8"])
     assert [m.stage for m in result.metrics] == ["train", "prune", "distill", "int8"]
+    assert (
+        "note: using the train stage's output although its recipe sections, data or input changed since it ran "
+        "(it is not in --stages)"
+    ) in lines
     with pytest.raises(RecipeError, match=r"stage prune needs the output of stage train.*--stages train"):
         run(_recipe(), tmp_path / "empty", progress=False, log=lambda _m: None, stages=["prune", "distill"])
     with pytest.raises(RecipeError, match="unknown stage 'prnue'.*did you mean 'prune'"):

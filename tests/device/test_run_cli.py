@@ -85,6 +85,13 @@ def test_a_folder_run_writes_one_line_per_image_named_in_order(tiny_bundle, tmp_
     assert [f["frame_id"] for f in frames] == list(range(60))
     assert frames[-1]["stats"]["dropped_frames"] == 0
     assert "dropped 0 " in result.stderr and "frames 60" in result.stderr
+    assert "opening folder {}: every frame".format(folder) in result.stderr.splitlines()
+
+
+def test_the_demo_source_is_named_once_when_opened(tiny_bundle):
+    result = edge_sdk("run", "--source", "demo", "--bundle", str(tiny_bundle), "--max-frames", "1", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "opening demo: every frame" in result.stderr.splitlines()  # not "opening demo demo"
 
 
 def test_a_video_run_processes_every_frame_up_to_max_frames(tiny_bundle, tmp_path):
