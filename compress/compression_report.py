@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 COLUMNS = ("stage", "mAP@.5", "mAP", "GFLOPs", "params (M)", "bundle MB", "CPU ms")
 
@@ -79,8 +79,50 @@ def plot_stages(metrics: Sequence[Any], path: Path) -> Path:
     return path
 
 
-def write_report(workdir: Path, metrics: Sequence[Any], bundle: Path, notes: Sequence[str] = ()) -> Path:
-    """WORKDIR/report.md with the stage table, ratios to the train stage, notes and stages.png."""
+def side_by_side_ms(bundles: Mapping[str, Path], images_bgr: Sequence[Any], rounds: int = 3) -> Dict[str, float]:
+    """Median end-to-end milliseconds per image {label: ms} of each bundle, run the way the robot runs it
+    (device.detector.Detector.detect: preprocess + predict + postprocess, the CPU plan) in interleaved
+    rounds: each round runs every bundle over all of `images_bgr` ((H, W, 3) uint8 BGR) in turn, so a
+    machine that slows down mid-run slows every bundle alike. A first round warms up and is not counted."""
+    import statistics
+    import time
+
+    from device.detector import Detector
+
+    detectors = {label: Detector(path, device="cpu") for label, path in bundles.items()}
+    times: Dict[str, List[float]] = {label: [] for label in detectors}
+    try:
+        for round_index in range(rounds + 1):
+            for label, detector in detectors.items():
+                for image in images_bgr:
+                    started = time.perf_counter()
+                    detector.detect(image)
+                    if round_index:
+                        times[label].append((time.perf_counter() - started) * 1000.0)
+    finally:
+        for detector in detectors.values():
+            detector.close()
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def speed_lines(speed_ms: Mapping[str, float], base: str, images: int, rounds: int) -> List[str]:
+    """Lines for `side_by_side_ms`'s result: FPS of each bundle and its speedup over `base`'s."""
+    lines = [
+        "end to end on this CPU (preprocess + predict + postprocess), side by side: medians of {} interleaved "
+        "rounds over {} val images".format(rounds, images)
+    ]
+    for label, ms in speed_ms.items():
+        lines.append(
+            "{}: {:.1f} FPS ({:.1f} ms), {:.2f}x the {}".format(label, 1000.0 / ms, ms, speed_ms[base] / ms, base)
+        )
+    return lines
+
+
+def write_report(
+    workdir: Path, metrics: Sequence[Any], bundle: Path, notes: Sequence[str] = (), speed: Sequence[str] = ()
+) -> Path:
+    """WORKDIR/report.md with the stage table, ratios to the train stage, the `speed_lines`, notes and
+    stages.png."""
     from edge_sdk.fileio import atomic_write_text
 
     workdir = Path(workdir)
@@ -105,6 +147,8 @@ def write_report(workdir: Path, metrics: Sequence[Any], bundle: Path, notes: Seq
                     _ratio(m.latency_ms, base.latency_ms),
                 )
             )
+    if speed:
+        lines += ["", speed[0] + ":", ""] + ["- " + line for line in speed[1:]]
     lines += ["", "mAP on the val set through device.detector.Detector (Paddle Inference, CPU); latency = median"]
     lines += ["per image including pre- and postprocessing; bytes = the stage's .edgebundle file.", ""]
     lines += ["- " + note for note in notes]

@@ -33,6 +33,7 @@ class CompressResult:
     history: List[Dict[str, Any]] = field(default_factory=list)
     per_class: List[Dict[str, Any]] = field(default_factory=list)
     report: Optional[Path] = None
+    speed: List[str] = field(default_factory=list)
 
 
 def run(
@@ -110,9 +111,38 @@ def run(
             )
         )
     notes.append("stages computed in this run: {}".format(", ".join(result.ran) or "none (all reused)"))
-    report = write_report(workdir, metrics, bundle, notes)
+    speed = _speed_against_unpruned(ctx, result.records, bundle, log)
+    report = write_report(workdir, metrics, bundle, notes, speed)
     log("report: {}".format(report))
-    return CompressResult(bundle=bundle, metrics=metrics, history=history, per_class=per_class, report=report)
+    return CompressResult(
+        bundle=bundle, metrics=metrics, history=history, per_class=per_class, report=report, speed=speed
+    )
+
+
+SPEED_ROUNDS = 3
+
+
+def _speed_against_unpruned(
+    ctx: StageContext, records: Sequence[StageRecord], bundle: Path, log: Callable[[str], None]
+) -> List[str]:
+    """`speed_lines` of the final bundle against the train stage's (unpruned FP32) bundle, timed side by
+    side on the first MEASURED_LATENCY_IMAGES val images; [] without a train stage or when the final
+    bundle is the train stage's model."""
+    from compress.compression_report import side_by_side_ms, speed_lines
+    from compress.stages import MEASURED_LATENCY_IMAGES
+    from edge_sdk.data.images import read_bgr
+
+    train = next((r for r in records if r.stage == "train"), None)
+    if train is None or records[-1].stage == "train":
+        return []
+    images = [read_bgr(r.path, "val image") for r in ctx.val_set.images[:MEASURED_LATENCY_IMAGES]]
+    if not images:
+        return []
+    log("timing the final bundle against the unpruned FP32 one, side by side")
+    final = "final bundle ({})".format(records[-1].stage)
+    base = "unpruned FP32 (train)"
+    speed_ms = side_by_side_ms({base: train.path(ctx.workdir, "bundle"), final: bundle}, images, SPEED_ROUNDS)
+    return speed_lines(speed_ms, base, len(images), SPEED_ROUNDS)
 
 
 @dataclass

@@ -182,6 +182,8 @@ def _print_summary(result) -> None:
         table.add_row(*row)
     console = Console()
     console.print(table)
+    for line in result.speed:
+        console.print(line, highlight=False)
     if result.per_class:
         parts = ["{} {:.3f}".format(c["name"], c["ap50"]) for c in result.per_class if c.get("ap50") is not None]
         console.print("AP@.5 per class: " + ", ".join(parts), highlight=False)

@@ -86,6 +86,15 @@ def test_every_stage_bundle_ships_golden_images_and_int8_carries_the_fp32_ones(f
 
 
 @pytest.mark.slow
+def test_the_closing_summary_times_the_final_bundle_beside_the_unpruned_one(finished) -> None:
+    workdir, result = finished
+    final = [line for line in result.speed if line.startswith("final bundle (int8): ")]
+    assert len(final) == 1 and final[0].endswith("x the unpruned FP32 (train)")
+    assert any(line.startswith("unpruned FP32 (train): ") and "FPS" in line for line in result.speed)
+    assert final[0] in (workdir / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_compression_benchmark_reads_a_finished_workdir_and_ends_with_one_json_line(finished) -> None:
     import json
     import subprocess
