@@ -19,12 +19,14 @@ rounds (a first round warms up and is not counted):
 - predictor: Detector.infer on preprocessed inputs at the trained-like floor;
 - end to end: Detector.detect on 640x480 BGR boards (preprocess + predict + postprocess) at the
   trained-like floor, and at the seeded floor (the bundles' own 0.005, where every one of a seeded
-  model's anchors passes and NMS fills keep_top_k).
+  model's anchors passes and NMS fills keep_top_k) with NMS sorting today's export's 100 candidates
+  per class and PaddleDetection's 1000.
 The trained-like floor is the confidence floor at which the seeded model feeds NMS as many candidates
 (anchor x class pairs over the floor, after yolo_box) as the demo's trained model does on its val
 images at its own floor (median per image): --reference is a finished demo workdir (its train stage),
-or --floor sets the floor directly. The floor is patched into copies of the bundles' programs (the
-yolo_box conf_thresh and the NMS score_threshold); the weights are the bundles'.
+or --floor sets the floor directly. Floor and NMS candidates are patched into copies of the bundles'
+programs (yolo_box's conf_thresh, multiclass_nms3's score_threshold and nms_top_k); the weights are the
+bundles'.
 
 Speedups are FPS over the unpruned FP32 model's in the same run. --json ends with one JSON object:
 speedup_pruned_fp32_<arch>_<size> and speedup_pruned_int8_<arch>_<size> (end to end, trained-like floor)
@@ -58,6 +60,8 @@ FRAME_SEED = 14
 CALIBRATION_SEED = 15
 MODEL_SEED = 0
 SEEDED_FLOOR = 0.005
+NMS_TOP_K = 100  # compress.export.EXPORT_POSTPROCESS: NMS candidates per class in today's export
+PPDET_NMS_TOP_K = 1000  # PaddleDetection's (and the export's before that cap)
 FRAMES_PER_ROUND = 6
 FRAMES_FOR_SCORES = 8
 CALIBRATION_IMAGES = 8
@@ -197,10 +201,10 @@ def build_case(arch: str, size: int, folder: Path, log: Callable[[str], None]) -
     return case
 
 
-def with_floor(opened, floor: float, out_dir: Path):
+def with_floor(opened, floor: float, nms_top_k: int, out_dir: Path):
     """A device.evaluate.ModelFolder in `out_dir`: `opened` bundle's program with its confidence floor
-    (yolo_box conf_thresh and NMS score_threshold) set to `floor`, its weights linked, its manifest's
-    conf_threshold set alike."""
+    (yolo_box conf_thresh and NMS score_threshold) set to `floor` and NMS's candidates per class to
+    `nms_top_k`, its weights linked, its manifest's postprocess set alike."""
     from paddle.framework import core
 
     from device.evaluate import ModelFolder
@@ -213,19 +217,21 @@ def with_floor(opened, floor: float, out_dir: Path):
         block = desc.block(block_index)
         for op_index in range(block.op_size()):
             op = block.op(op_index)
-            name = {"yolo_box": "conf_thresh", "multiclass_nms3": "score_threshold"}.get(op.type())
-            if name:
-                op._set_float32_attr(name, float(floor))
+            if op.type() == "yolo_box":
+                op._set_float32_attr("conf_thresh", float(floor))
+            elif op.type() == "multiclass_nms3":
+                op._set_float32_attr("score_threshold", float(floor))
+                op._set_int32_attr("nms_top_k", int(nms_top_k))
                 patched += 1
     if not patched:
-        raise SystemExit("error: {} has no yolo_box / multiclass_nms3 op".format(opened.path_of(MODEL_PROGRAM)))
+        raise SystemExit("error: {} has no multiclass_nms3 op".format(opened.path_of(MODEL_PROGRAM)))
     (out_dir / PROGRAM_FILE).write_bytes(desc.serialize_to_string())
     params = out_dir / PARAMS_FILE
     if params.is_symlink() or params.exists():
         params.unlink()
     params.symlink_to(opened.path_of(MODEL_PARAMS))
     manifest = opened.manifest
-    postprocess = dataclasses.replace(manifest.postprocess, conf_threshold=float(floor))
+    postprocess = dataclasses.replace(manifest.postprocess, conf_threshold=float(floor), nms_top_k=int(nms_top_k))
     return ModelFolder(dataclasses.replace(manifest, postprocess=postprocess), out_dir)
 
 
@@ -241,8 +247,13 @@ def time_case(
     try:
         detectors = {}
         for variant in VARIANTS:
-            for label, floor in (("network", 1.0), ("trained", floor_of[variant]), ("seeded", SEEDED_FLOOR)):
-                model = with_floor(opened[variant], floor, folder / "run" / "{}-{}".format(variant, label))
+            for label, floor, top_k in (
+                ("network", 1.0, NMS_TOP_K),
+                ("trained", floor_of[variant], NMS_TOP_K),
+                ("seeded", SEEDED_FLOOR, NMS_TOP_K),
+                ("seeded_ppdet", SEEDED_FLOOR, PPDET_NMS_TOP_K),
+            ):
+                model = with_floor(opened[variant], floor, top_k, folder / "run" / "{}-{}".format(variant, label))
                 detectors[variant, label] = Detector(model, device="cpu")
         plans = {v: detectors[v, "trained"].plan.describe() for v in VARIANTS}
         for variant in VARIANTS:
@@ -253,6 +264,7 @@ def time_case(
             "predictor": lambda v, i: detectors[v, "trained"].infer(prepared[i]),
             "e2e": lambda v, i: detectors[v, "trained"].detect(frames[i]),
             "e2e_seeded": lambda v, i: detectors[v, "seeded"].detect(frames[i]),
+            "e2e_seeded_ppdet": lambda v, i: detectors[v, "seeded_ppdet"].detect(frames[i]),
         }
         times: Dict[Tuple[str, str], List[float]] = {(v, m): [] for v in VARIANTS for m in measures}
         for round_index in range(rounds + 1):  # round 0 warms up and is not counted
@@ -336,26 +348,30 @@ def main() -> int:
                 arch, size, flops, case["flops_fp32"] / 1e9))  # fmt: skip
             print("trained-like floor: fp32 {:.4f}, pruned and int8 {:.4f}; seeded floor {:g} ({:.0f} candidates)".format(
                 floor_of["fp32"], floor_of["pruned"], SEEDED_FLOOR, values["candidates_seeded_fp32_" + name]))  # fmt: skip
-            header = "{:<8} {:>12} {:>12} {:>12} {:>9} {:>9} {:>14} {:>9}"
+            print("ms per frame (speedup over fp32); e2e: 640x480 frames; seeded: floor {:g}, nms_top_k {} / {}".format(
+                SEEDED_FLOOR, NMS_TOP_K, PPDET_NMS_TOP_K))  # fmt: skip
+            columns = (("network", "network"), ("predictor", "predictor"), ("e2e", "e2e"),
+                       ("e2e_seeded", "e2e seeded"), ("e2e_seeded_ppdet", "seeded, 1000"))  # fmt: skip
             print(
-                header.format(
-                    "model", "network ms", "predictor ms", "e2e ms", "e2e FPS", "speedup", "e2e seeded ms", "speedup"
-                )
+                "{:<8}".format("model") + "".join("{:>19}".format(t) for _m, t in columns) + "{:>9}".format("e2e FPS")
             )
             base = ms["fp32"]
             for variant in VARIANTS:
                 m = ms[variant]
-                print("{:<8} {:>12.1f} {:>12.1f} {:>12.1f} {:>9.2f} {:>8.2f}x {:>14.1f} {:>8.2f}x".format(
-                    variant, m["network"], m["predictor"], m["e2e"], 1000.0 / m["e2e"], base["e2e"] / m["e2e"],
-                    m["e2e_seeded"], base["e2e_seeded"] / m["e2e_seeded"]))  # fmt: skip
+                cells = ["{:>9.1f} ({:>4.2f}x)".format(m[k], base[k] / m[k]) for k, _t in columns]
+                print(
+                    "{:<8}".format(variant)
+                    + "".join("{:>19}".format(c) for c in cells)
+                    + "{:>9.2f}".format(1000.0 / m["e2e"])
+                )
             for variant, label in (("pruned", "pruned_fp32"), ("int8", "pruned_int8")):
-                for measure, suffix in (
-                    ("e2e", ""),
-                    ("e2e_seeded", "_seeded"),
-                    ("predictor", "_predictor"),
-                    ("network", "_network"),
-                ):
+                for measure, suffix in (("e2e", ""), ("e2e_seeded", "_seeded"), ("e2e_seeded_ppdet", "_seeded_nms1000"),
+                                        ("predictor", "_predictor"), ("network", "_network")):  # fmt: skip
                     values["speedup_{}_{}{}".format(label, name, suffix)] = base[measure] / ms[variant][measure]
+            for variant in VARIANTS:
+                m = ms[variant]
+                values["nms_ms_seeded_{}_{}".format(variant, name)] = m["e2e_seeded"] - m["e2e"]
+                values["nms1000_ms_seeded_{}_{}".format(variant, name)] = m["e2e_seeded_ppdet"] - m["e2e"]
             for variant in VARIANTS:
                 values["e2e_fps_{}_{}".format(variant, name)] = 1000.0 / ms[variant]["e2e"]
             values["flops_ratio_" + name] = flops
