@@ -310,6 +310,10 @@ def run(
                 )
             )
             class_ids = class_ids_for(options.classes, bundle.manifest.classes)
+            if options.coco_results:  # a wrong --coco-gt fails now, not after the predictor is built
+                from device.sinks.coco_results import check_coco_results
+
+                check_coco_results(options.coco_results, bundle.manifest.classes, options.coco_gt)
             status = RunStatus(bundle)
             if options.metrics:  # before the predictor: a busy port fails now, not after an engine build
                 from device.metrics import RunMetrics

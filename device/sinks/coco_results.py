@@ -34,6 +34,12 @@ def _gt_ids(gt: Path, classes: Sequence[str]) -> Tuple[Dict[str, int], Dict[int,
     return images, {index: categories[name] for index, name in enumerate(classes)}
 
 
+def check_coco_results(path: str, classes: Sequence[str] = (), gt: Optional[str] = None) -> None:
+    """Raise the SinkError `CocoResultsSink(path, classes, gt)` would, without collecting anything
+    (so `run` refuses a wrong --coco-results/--coco-gt before it builds the predictor)."""
+    CocoResultsSink(path, classes, gt)
+
+
 class CocoResultsSink:
     """Collects every frame's detections and writes them to `path` as a COCO results list on close.
 

@@ -154,6 +154,28 @@ def test_a_run_over_a_coco_image_folder_writes_results_eval_can_score(tiny_bundl
     assert json.loads(scored.stdout)["num_detections"] == len(detections)
 
 
+def test_coco_gt_without_the_bundles_classes_is_refused_before_the_predictor_is_built(tiny_bundle, video, tmp_path):
+    gt = tmp_path / "val.json"
+    gt.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "class0"}]}))
+    results = tmp_path / "results.json"
+    result = edge_sdk(
+        "run",
+        "--source",
+        str(video),
+        "--bundle",
+        str(tiny_bundle),
+        "--coco-results",
+        str(results),
+        "--coco-gt",
+        str(gt),
+    )
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("error: --coco-gt {} has no category named missing_hole".format(gt)), lines
+    assert not [line for line in lines if line.startswith("predictor:")], lines  # no predictor was built
+    assert not results.exists()
+
+
 def test_coco_gt_without_coco_results_is_one_line(tiny_bundle, video, tmp_path):
     result = edge_sdk("run", "--source", str(video), "--bundle", str(tiny_bundle), "--coco-gt", "val.json")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
