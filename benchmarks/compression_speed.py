@@ -348,6 +348,12 @@ def main() -> int:
                 arch, size, flops, case["flops_fp32"] / 1e9))  # fmt: skip
             print("trained-like floor: fp32 {:.4f}, pruned and int8 {:.4f}; seeded floor {:g} ({:.0f} candidates)".format(
                 floor_of["fp32"], floor_of["pruned"], SEEDED_FLOOR, values["candidates_seeded_fp32_" + name]))  # fmt: skip
+            for variant in ("fp32", "pruned"):
+                if reference is not None and floor_of[variant] >= 1.0:
+                    scores = np.load(str(folder / "scores-{}.npy".format(variant)))
+                    print("note: {} candidates of the seeded {} model score 1.0 (saturated; median per frame), so no "
+                          "floor leaves {:.0f}: at 1.0 its trained-like figures run without NMS candidates".format(
+                              int(np.median((scores >= 1.0).sum(axis=1))), variant, reference))  # fmt: skip
             print("ms per frame (speedup over fp32); e2e: 640x480 frames; seeded: floor {:g}, nms_top_k {} / {}".format(
                 SEEDED_FLOOR, NMS_TOP_K, PPDET_NMS_TOP_K))  # fmt: skip
             columns = (("network", "network"), ("predictor", "predictor"), ("e2e", "e2e"),
