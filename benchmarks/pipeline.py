@@ -5,8 +5,8 @@
     .venv/bin/python benchmarks/pipeline.py --json     # ... and one JSON object as the last line
 
 Two YOLOv3-MobileNetV1 bundles with seeded weights (speed does not depend on training), exported
-with compress.export unless given: fast (width 0.25 at 224 px, inference ~20-60 ms on 2 cores)
-and slow (width 1.0 at 320 px). Two MJPG videos of a board sliding past, 640x480 and 1280x720.
+with compress.export unless given: fast (width 0.5 at 320 px, inference ~37 ms on 2 idle cores)
+and slow (width 1.0 at 320 px, ~115 ms). Two MJPG videos of a board sliding past, 640x480 and 1280x720.
 For each model and video, in interleaved rounds (so load from other processes hits every side
 alike; each figure is the median over rounds, each ratio the median of the per-round ratios):
 - predictor: `Detector.infer` alone on frames of the video preprocessed beforehand (the ceiling);
@@ -49,7 +49,7 @@ from device.sinks.recorder import RecorderSink  # noqa: E402
 from device.sources import open_source  # noqa: E402
 
 CLASSES = ("missing_hole", "mouse_bite", "open_circuit", "short", "spur", "spurious_copper")
-MODELS = {"fast": (0.25, 224), "slow": (1.0, 320)}
+MODELS = {"fast": (0.5, 320), "slow": (1.0, 320)}
 VIDEOS = {"640": (640, 480), "1280": (1280, 720)}
 DRAW_THRESHOLD = 0.5
 SIDES = ("predictor", "pipeline", "pipeline+rec", "sequential", "infer.py defaults")

@@ -49,7 +49,7 @@ def finished(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_full_pipeline_writes_a_verified_int8_bundle_with_every_stage(finished) -> None:
     from edge_sdk.bundle import open_bundle
 
@@ -135,7 +135,7 @@ def test_a_second_run_reuses_every_stage_and_a_changed_section_reruns_only_its_s
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)
 def test_ptq_over_budget_falls_back_to_qat_and_a_qat_miss_is_one_line(finished, tmp_path) -> None:
     """Scored against the FP32 model's own detections (a 1-epoch model has no real mAP), a zero budget
     makes PTQ miss; fallback qat then fine-tunes, exports and measures a QAT bundle, which misses too."""
